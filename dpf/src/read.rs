@@ -1,0 +1,210 @@
+//! Read keys: bit outputs with early termination, and the batched PIR kernel.
+
+use zeroize::Zeroize;
+
+use crate::codec::{self, KIND_READ, LEVEL_LEN, Reader};
+use crate::prg::{Domain, Hash};
+use crate::rng::RandomSource;
+use crate::tree::{self, Scratch, Tree, mask};
+use crate::{DecodeError, Error, Party, check_domain};
+
+/// Points per leaf of a read key: each leaf yields one 128-bit block of output bits.
+pub const LEAF_BITS: u32 = 7;
+
+/// One party's half of a two-party DPF for the point function that is 1 at `alpha` and 0
+/// elsewhere over `2^n` points (bit outputs, XOR-shared). Used to select a PIR row.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ReadKey {
+    domain_bits: u32,
+    tree: Tree,
+    cw_out: u128,
+}
+
+impl std::fmt::Debug for ReadKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadKey")
+            .field("domain_bits", &self.domain_bits)
+            .finish_non_exhaustive()
+    }
+}
+
+fn depth_of(domain_bits: u32) -> u32 {
+    domain_bits.saturating_sub(LEAF_BITS)
+}
+
+impl ReadKey {
+    /// Splits the point function `x == alpha` over `2^domain_bits` points into two keys, for
+    /// parties A and B. Branch-free in `alpha`.
+    pub fn r#gen(
+        domain_bits: u32,
+        alpha: u64,
+        rng: &mut impl RandomSource,
+    ) -> Result<(ReadKey, ReadKey), Error> {
+        check_domain(domain_bits)?;
+        if alpha >> domain_bits != 0 {
+            return Err(Error::PointOutOfRange { alpha, domain_bits });
+        }
+        let depth = depth_of(domain_bits);
+        let mut g = tree::generate(depth, alpha >> LEAF_BITS, rng);
+        let leaf = Hash::get(Domain::Leaf);
+        let mut conv = [
+            (g.ends[0] & !1) ^ g.trees[0].salt,
+            (g.ends[1] & !1) ^ g.trees[1].salt,
+        ];
+        leaf.hash_in_place(&mut conv);
+        // e_{alpha mod 128}, built without a secret-dependent shift or index.
+        let low = (alpha & 127) as u32;
+        let mut e = 0u128;
+        for j in 0..128u32 {
+            e |= mask(u128::from(j == low)) & (1u128 << j);
+        }
+        let cw_out = conv[0] ^ conv[1] ^ e;
+        conv.zeroize();
+        let [ta, tb] = std::mem::replace(&mut g.trees, [empty(), empty()]);
+        Ok((
+            ReadKey {
+                domain_bits,
+                tree: ta,
+                cw_out,
+            },
+            ReadKey {
+                domain_bits,
+                tree: tb,
+                cw_out,
+            },
+        ))
+    }
+
+    /// The size of an encoded key over `2^domain_bits` points.
+    pub fn encoded_len(domain_bits: u32) -> usize {
+        3 + 32 + LEVEL_LEN * depth_of(domain_bits) as usize + 16
+    }
+
+    /// The canonical encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(Self::encoded_len(self.domain_bits));
+        out.extend_from_slice(&[codec::VERSION, KIND_READ, self.domain_bits as u8]);
+        codec::put_tree(&mut out, &self.tree);
+        out.extend_from_slice(&self.cw_out.to_le_bytes());
+        out
+    }
+
+    /// Decodes a key that must be over `2^domain_bits` points.
+    pub fn decode(bytes: &[u8], domain_bits: u32) -> Result<ReadKey, DecodeError> {
+        check_domain(domain_bits).map_err(|_| DecodeError::Domain {
+            got: domain_bits,
+            want: domain_bits,
+        })?;
+        let want = Self::encoded_len(domain_bits);
+        let mut r = Reader::new(bytes);
+        r.header(KIND_READ, domain_bits)?;
+        if bytes.len() != want {
+            return Err(DecodeError::Length {
+                got: bytes.len(),
+                want,
+            });
+        }
+        let tree = r.tree(depth_of(domain_bits))?;
+        let cw_out = r.block()?;
+        r.finish()?;
+        Ok(ReadKey {
+            domain_bits,
+            tree,
+            cw_out,
+        })
+    }
+
+    /// `log2` of the number of points.
+    pub fn domain_bits(&self) -> u32 {
+        self.domain_bits
+    }
+
+    /// Number of 128-bit output blocks (leaves).
+    pub fn leaves(&self) -> u64 {
+        1 << self.tree.depth()
+    }
+
+    /// Output blocks `lo..hi` for `party`: bit `j` of block `i` is the share of point
+    /// `128 i + j`. Requires `lo < hi <= self.leaves()`.
+    pub fn eval_blocks(&self, party: Party, lo: u64, hi: u64) -> Vec<u128> {
+        let mut s = Scratch::default();
+        let mut out = Vec::new();
+        self.blocks_into(party, lo, hi, &mut s, &mut out);
+        out
+    }
+
+    /// The whole output: `2^n` bits in `ceil(2^n / 128)` blocks.
+    pub fn eval_full(&self, party: Party) -> Vec<u128> {
+        self.eval_blocks(party, 0, self.leaves())
+    }
+
+    /// This party's share of the output at point `x` (`x < 2^n`).
+    pub fn eval_point(&self, party: Party, x: u64) -> bool {
+        let b = self.eval_blocks(party, x >> LEAF_BITS, (x >> LEAF_BITS) + 1)[0];
+        (b >> (x & 127)) & 1 == 1
+    }
+
+    fn blocks_into(&self, party: Party, lo: u64, hi: u64, s: &mut Scratch, out: &mut Vec<u128>) {
+        self.tree.expand(party.bit(), lo, hi, s);
+        out.clear();
+        out.extend(s.nodes.iter().map(|v| (v & !1) ^ self.tree.salt));
+        Hash::get(Domain::Leaf).hash_in_place(out);
+        for (o, v) in out.iter_mut().zip(&s.nodes) {
+            *o ^= mask(*v) & self.cw_out;
+        }
+    }
+}
+
+fn empty() -> Tree {
+    Tree {
+        salt: 0,
+        root: 0,
+        cw: Vec::new(),
+        t_right: Vec::new(),
+    }
+}
+
+/// Rows per pass of [`pir_answer`]: selection bits for this many rows are computed per key,
+/// then every row of the chunk is read once for all keys.
+const PIR_CHUNK_ROWS: u64 = 1024;
+
+/// Two-server PIR answer: for each key, the XOR of the rows of `db` (rows of `row_len` bytes)
+/// that the key's output shares select. One pass over `db` serves all keys; the inner loop is
+/// a mask-and-XOR, so the memory access pattern and instruction stream do not depend on the
+/// keys. Rows beyond a key's domain are never selected.
+pub fn pir_answer(db: &[u8], row_len: usize, keys: &[&ReadKey], party: Party) -> Vec<Vec<u8>> {
+    let mut acc = vec![vec![0u8; row_len]; keys.len()];
+    if row_len == 0 || keys.is_empty() {
+        return acc;
+    }
+    let rows = (db.len() / row_len) as u64;
+    let mut s = Scratch::default();
+    let mut sel: Vec<Vec<u128>> = vec![Vec::new(); keys.len()];
+    let mut r0 = 0u64;
+    while r0 < rows {
+        let r1 = (r0 + PIR_CHUNK_ROWS).min(rows);
+        let (b0, b1) = (r0 >> LEAF_BITS, (r1 - 1) >> LEAF_BITS);
+        for (k, key) in keys.iter().enumerate() {
+            sel[k].clear();
+            if b0 < key.leaves() {
+                key.blocks_into(party, b0, (b1 + 1).min(key.leaves()), &mut s, &mut sel[k]);
+            }
+            sel[k].resize((b1 - b0 + 1) as usize, 0);
+        }
+        for r in r0..r1 {
+            let row = &db[(r as usize) * row_len..(r as usize + 1) * row_len];
+            let (blk, bit) = (((r >> LEAF_BITS) - b0) as usize, r & 127);
+            for (a, sk) in acc.iter_mut().zip(&sel) {
+                let m = 0u8.wrapping_sub(((sk[blk] >> bit) & 1) as u8);
+                for (x, y) in a.iter_mut().zip(row) {
+                    *x ^= y & m;
+                }
+            }
+        }
+        r0 = r1;
+    }
+    for s in sel.iter_mut() {
+        s.zeroize();
+    }
+    acc
+}

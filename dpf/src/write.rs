@@ -1,0 +1,599 @@
+//! Write keys: byte-string outputs of `slot_len` bytes, one slot per leaf, the verifiable-DPF
+//! audit, and the batched write kernel.
+
+use sha2::{Digest, Sha256};
+use zeroize::Zeroize;
+
+use crate::codec::{self, KIND_WRITE, LEVEL_LEN, Reader};
+use crate::prg::{Domain, Hash, Mac};
+use crate::rng::RandomSource;
+use crate::tree::{self, Scratch, Tree, mask};
+use crate::{AuditChallenge, DecodeError, Error, MAX_SLOT_LEN, Party, check_domain};
+
+/// One party's half of a two-party DPF for the function that is `payload` (`slot_len` bytes)
+/// at slot `alpha` and zero at every other slot of `2^n`, XOR-shared; plus the proof
+/// correction word of the verifiable DPF.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WriteKey {
+    domain_bits: u32,
+    tree: Tree,
+    cw_out: Vec<u128>,
+    cs: [u128; 2],
+}
+
+impl std::fmt::Debug for WriteKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteKey")
+            .field("domain_bits", &self.domain_bits)
+            .field("slot_len", &self.slot_len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn check_slot_len(slot_len: usize) -> Result<(), Error> {
+    if slot_len == 0 || !slot_len.is_multiple_of(16) || slot_len > MAX_SLOT_LEN {
+        return Err(Error::SlotLen(slot_len));
+    }
+    Ok(())
+}
+
+/// The leaf proof `(lo, hi)` of node `v` at leaf `x`, before the proof correction.
+fn proof_inputs(v: u128, salt: u128, x: u64) -> u128 {
+    v ^ salt ^ (u128::from(x) << 64)
+}
+
+impl WriteKey {
+    /// Splits the function "`payload` at slot `alpha`, zero elsewhere" over `2^domain_bits`
+    /// slots of `slot_len` bytes into two keys, for parties A and B. Branch-free in `alpha` and
+    /// `payload`.
+    pub fn r#gen(
+        domain_bits: u32,
+        slot_len: usize,
+        alpha: u64,
+        payload: &[u8],
+        rng: &mut impl RandomSource,
+    ) -> Result<(WriteKey, WriteKey), Error> {
+        check_domain(domain_bits)?;
+        check_slot_len(slot_len)?;
+        if alpha >> domain_bits != 0 {
+            return Err(Error::PointOutOfRange { alpha, domain_bits });
+        }
+        if payload.len() != slot_len {
+            return Err(Error::PayloadLen {
+                got: payload.len(),
+                want: slot_len,
+            });
+        }
+        let mut g = tree::generate(domain_bits, alpha, rng);
+        let salt = g.trees[0].salt;
+        let blocks = slot_len / 16;
+        let mut conv = [0, 1].map(|p| {
+            let base = (g.ends[p] & !1) ^ salt;
+            let mut v: Vec<u128> = (0..blocks as u128).map(|j| base ^ j).collect();
+            Hash::get(Domain::Payload).hash_in_place(&mut v);
+            v
+        });
+        let cw_out: Vec<u128> = payload
+            .chunks_exact(16)
+            .enumerate()
+            .map(|(j, c)| {
+                let mut b = [0u8; 16];
+                b.copy_from_slice(c);
+                let m = u128::from_le_bytes(b);
+                b.zeroize();
+                conv[0][j] ^ conv[1][j] ^ m
+            })
+            .collect();
+        conv[0].zeroize();
+        conv[1].zeroize();
+        let mut pi = [0, 1].map(|p| leaf_proof(g.ends[p], salt, alpha));
+        let cs = [pi[0][0] ^ pi[1][0], pi[0][1] ^ pi[1][1]];
+        pi.zeroize();
+        let [ta, tb] = std::mem::replace(&mut g.trees, [empty(), empty()]);
+        Ok((
+            WriteKey {
+                domain_bits,
+                tree: ta,
+                cw_out: cw_out.clone(),
+                cs,
+            },
+            WriteKey {
+                domain_bits,
+                tree: tb,
+                cw_out,
+                cs,
+            },
+        ))
+    }
+
+    /// The size of an encoded key.
+    pub fn encoded_len(domain_bits: u32, slot_len: usize) -> usize {
+        3 + 4 + 32 + LEVEL_LEN * domain_bits as usize + slot_len + 32
+    }
+
+    /// The canonical encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(Self::encoded_len(self.domain_bits, self.slot_len()));
+        out.extend_from_slice(&[codec::VERSION, KIND_WRITE, self.domain_bits as u8]);
+        out.extend_from_slice(&(self.slot_len() as u32).to_le_bytes());
+        codec::put_tree(&mut out, &self.tree);
+        for b in &self.cw_out {
+            out.extend_from_slice(&b.to_le_bytes());
+        }
+        out.extend_from_slice(&self.cs[0].to_le_bytes());
+        out.extend_from_slice(&self.cs[1].to_le_bytes());
+        out
+    }
+
+    /// Decodes a key that must be over `2^domain_bits` slots of `slot_len` bytes.
+    pub fn decode(
+        bytes: &[u8],
+        domain_bits: u32,
+        slot_len: usize,
+    ) -> Result<WriteKey, DecodeError> {
+        check_domain(domain_bits).map_err(|_| DecodeError::Domain {
+            got: domain_bits,
+            want: domain_bits,
+        })?;
+        check_slot_len(slot_len).map_err(|_| DecodeError::SlotLen {
+            got: slot_len,
+            want: slot_len,
+        })?;
+        let mut r = Reader::new(bytes);
+        r.header(KIND_WRITE, domain_bits)?;
+        let got = r.u32()? as usize;
+        if got != slot_len {
+            return Err(DecodeError::SlotLen {
+                got,
+                want: slot_len,
+            });
+        }
+        let want = Self::encoded_len(domain_bits, slot_len);
+        if bytes.len() != want {
+            return Err(DecodeError::Length {
+                got: bytes.len(),
+                want,
+            });
+        }
+        let tree = r.tree(domain_bits)?;
+        let mut cw_out = Vec::with_capacity(slot_len / 16);
+        for _ in 0..slot_len / 16 {
+            cw_out.push(r.block()?);
+        }
+        let cs = [r.block()?, r.block()?];
+        r.finish()?;
+        Ok(WriteKey {
+            domain_bits,
+            tree,
+            cw_out,
+            cs,
+        })
+    }
+
+    /// `log2` of the number of slots.
+    pub fn domain_bits(&self) -> u32 {
+        self.domain_bits
+    }
+
+    /// Bytes per slot.
+    pub fn slot_len(&self) -> usize {
+        self.cw_out.len() * 16
+    }
+
+    /// SHA-256 of the key's public part (everything but the root seed, which is the same in
+    /// both halves of an honest pair) and the caller's context, in a canonical length-prefixed
+    /// encoding. Both servers compute it; the client signs it.
+    pub fn public_hash(&self, ctx: &[u8]) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(b"mpm-dpf/v1/write-public");
+        h.update([codec::VERSION]);
+        h.update(self.domain_bits.to_le_bytes());
+        h.update((self.slot_len() as u64).to_le_bytes());
+        h.update(self.tree.salt.to_le_bytes());
+        h.update((self.tree.cw.len() as u64).to_le_bytes());
+        for (cw, tr) in self.tree.cw.iter().zip(&self.tree.t_right) {
+            h.update(cw.to_le_bytes());
+            h.update([*tr]);
+        }
+        h.update((self.cw_out.len() as u64).to_le_bytes());
+        for b in &self.cw_out {
+            h.update(b.to_le_bytes());
+        }
+        h.update(self.cs[0].to_le_bytes());
+        h.update(self.cs[1].to_le_bytes());
+        h.update((ctx.len() as u64).to_le_bytes());
+        h.update(ctx);
+        h.finalize().into()
+    }
+
+    /// Slots `lo..hi` of this party's output share, written to `out` (`(hi - lo) * slot_len`
+    /// bytes). Requires `lo < hi <= 2^n`.
+    pub fn eval_range(&self, party: Party, lo: u64, hi: u64, out: &mut [u8]) {
+        out.fill(0);
+        let mut w = Worker::default();
+        w.accumulate(self, party, lo, hi, out, None);
+    }
+
+    /// This party's share of slot `x`.
+    pub fn eval_point(&self, party: Party, x: u64) -> Vec<u8> {
+        let mut out = vec![0u8; self.slot_len()];
+        self.eval_range(party, x, x + 1, &mut out);
+        out
+    }
+
+    /// The whole output share: `2^n * slot_len` bytes.
+    pub fn eval_full(&self, party: Party) -> Vec<u8> {
+        let mut out = vec![0u8; self.slot_len() << self.domain_bits];
+        self.eval_range(party, 0, 1 << self.domain_bits, &mut out);
+        out
+    }
+}
+
+fn empty() -> Tree {
+    Tree {
+        salt: 0,
+        root: 0,
+        cw: Vec::new(),
+        t_right: Vec::new(),
+    }
+}
+
+/// The uncorrected proof of a leaf node `v` at leaf `x`: two blocks, hashed from the whole
+/// node (seed and control bit) so that a leaf whose control bits differ between the parties
+/// but whose seeds agree is caught too.
+fn leaf_proof(v: u128, salt: u128, x: u64) -> [u128; 2] {
+    let inp = [proof_inputs(v, salt, x)];
+    let (mut lo, mut hi) = ([0u128], [0u128]);
+    Hash::get(Domain::ProofLo).hash(&inp, &mut lo);
+    Hash::get(Domain::ProofHi).hash(&inp, &mut hi);
+    [lo[0], hi[0]]
+}
+
+/// Buffers for evaluating ranges of write keys.
+#[derive(Default)]
+struct Worker {
+    s: Scratch,
+    pay: Vec<u128>,
+    plo: Vec<u128>,
+    phi: Vec<u128>,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.pay.zeroize();
+        self.plo.zeroize();
+        self.phi.zeroize();
+    }
+}
+
+impl Worker {
+    /// XORs slots `lo..hi` of `key`'s share into `out`; with a MAC, returns the XOR over those
+    /// leaves of the MAC of each corrected leaf proof.
+    fn accumulate(
+        &mut self,
+        key: &WriteKey,
+        party: Party,
+        lo: u64,
+        hi: u64,
+        out: &mut [u8],
+        mac: Option<&Mac>,
+    ) -> u128 {
+        let blocks = key.cw_out.len();
+        let salt = key.tree.salt;
+        key.tree.expand(party.bit(), lo, hi, &mut self.s);
+        let nodes = &self.s.nodes;
+        self.pay.clear();
+        for v in nodes {
+            let base = (v & !1) ^ salt;
+            self.pay.extend((0..blocks as u128).map(|j| base ^ j));
+        }
+        Hash::get(Domain::Payload).hash_in_place(&mut self.pay);
+        for ((slot, v), p) in out
+            .chunks_exact_mut(blocks * 16)
+            .zip(nodes)
+            .zip(self.pay.chunks_exact(blocks))
+        {
+            let m = mask(*v);
+            for ((dst, h), cw) in slot.chunks_exact_mut(16).zip(p).zip(&key.cw_out) {
+                let b = (h ^ (m & cw)).to_le_bytes();
+                for (d, s) in dst.iter_mut().zip(b) {
+                    *d ^= s;
+                }
+            }
+        }
+        let Some(mac) = mac else { return 0 };
+        self.plo.clear();
+        self.plo.extend(
+            nodes
+                .iter()
+                .zip(lo..hi)
+                .map(|(v, x)| proof_inputs(*v, salt, x)),
+        );
+        self.phi.clear();
+        self.phi.extend_from_slice(&self.plo);
+        Hash::get(Domain::ProofLo).hash_in_place(&mut self.plo);
+        Hash::get(Domain::ProofHi).hash_in_place(&mut self.phi);
+        for ((l, h), v) in self.plo.iter_mut().zip(self.phi.iter_mut()).zip(nodes) {
+            let m = mask(*v);
+            *l ^= m & key.cs[0];
+            *h ^= m & key.cs[1];
+        }
+        mac.xor_sum(&self.plo, &self.phi)
+    }
+}
+
+/// Leaves per pass of the write kernels: the array chunk they cover stays in L2 while every
+/// key is applied to it.
+fn chunk_leaves(slot_len: usize) -> u64 {
+    ((256 << 10) / slot_len.max(1)).clamp(1, 4096) as u64
+}
+
+fn run(
+    array: &mut [u8],
+    slot_len: usize,
+    keys: &[&WriteKey],
+    party: Party,
+    mac: Option<&Mac>,
+) -> Vec<u128> {
+    let mut sums = vec![0u128; keys.len()];
+    if slot_len == 0 {
+        return sums;
+    }
+    for k in keys {
+        assert_eq!(
+            k.slot_len(),
+            slot_len,
+            "write key slot length differs from the array's"
+        );
+    }
+    let slots = (array.len() / slot_len) as u64;
+    let step = chunk_leaves(slot_len);
+    let mut w = Worker::default();
+    let mut lo = 0u64;
+    while lo < slots {
+        let hi = (lo + step).min(slots);
+        let chunk = &mut array[lo as usize * slot_len..hi as usize * slot_len];
+        for (k, sum) in keys.iter().zip(sums.iter_mut()) {
+            let end = hi.min(1 << k.domain_bits);
+            if lo < end {
+                let part = &mut chunk[..(end - lo) as usize * slot_len];
+                *sum ^= w.accumulate(k, party, lo, end, part, mac);
+            }
+        }
+        lo = hi;
+    }
+    sums
+}
+
+/// XORs every key's full output share into `array` (slots of `slot_len` bytes), in one pass
+/// over the array for all keys. Slots beyond a key's domain are left alone. Panics if a key's
+/// slot length is not `slot_len` (decode keys with the array's slot length).
+pub fn write_accumulate(array: &mut [u8], slot_len: usize, keys: &[&WriteKey], party: Party) {
+    run(array, slot_len, keys, party, None);
+}
+
+/// [`write_accumulate`] plus the verifiable-DPF audit: returns, for each `(key, ctx)`, the
+/// audit value `SHA-256("mpm-dpf/v1/audit" || proof || public_hash(ctx))`. The two servers'
+/// values for a write are equal if and only if (except with negligible probability) the two
+/// halves form a point function with at most one non-zero slot and have the same public part
+/// and context. See the crate docs for the argument. `challenge` must be drawn jointly by the
+/// servers after the keys are fixed.
+pub fn write_accumulate_audited(
+    array: &mut [u8],
+    slot_len: usize,
+    writes: &[(&WriteKey, &[u8])],
+    party: Party,
+    challenge: &AuditChallenge,
+) -> Vec<[u8; 32]> {
+    let mac = Mac::new(challenge.0);
+    let keys: Vec<&WriteKey> = writes.iter().map(|w| w.0).collect();
+    let sums = run(array, slot_len, &keys, party, Some(&mac));
+    writes
+        .iter()
+        .zip(sums)
+        .map(|((k, ctx), sum)| {
+            // A key whose domain is smaller than the array still has all its leaves covered;
+            // one larger than the array is audited only over the array's slots, so evaluate the
+            // rest of its proof here to keep the audit over the whole domain.
+            let mut sum = sum;
+            let slots = (array.len() / slot_len.max(1)) as u64;
+            let full = 1u64 << k.domain_bits;
+            if slot_len > 0 && slots < full {
+                let mut w = Worker::default();
+                let step = chunk_leaves(slot_len);
+                let mut scratch = vec![0u8; step as usize * slot_len];
+                let mut lo = slots;
+                while lo < full {
+                    let hi = (lo + step).min(full);
+                    let part = &mut scratch[..(hi - lo) as usize * slot_len];
+                    sum ^= w.accumulate(k, party, lo, hi, part, Some(&mac));
+                    lo = hi;
+                }
+            }
+            Sha256::new()
+                .chain_update(b"mpm-dpf/v1/audit")
+                .chain_update(sum.to_le_bytes())
+                .chain_update(k.public_hash(ctx))
+                .finalize()
+                .into()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::SeededRandom;
+
+    const N: u32 = 8;
+    const L: usize = 32;
+
+    fn pair(alpha: u64, seed: u8) -> (WriteKey, WriteKey) {
+        let payload: Vec<u8> = (0..L as u8).map(|i| i ^ seed).collect();
+        WriteKey::r#gen(N, L, alpha, &payload, &mut SeededRandom::new([seed; 32])).expect("gen")
+    }
+
+    /// The two servers' audit values, with a context each.
+    fn audit(a: &WriteKey, b: &WriteKey, ctx_a: &[u8], ctx_b: &[u8]) -> ([u8; 32], [u8; 32]) {
+        let ch = AuditChallenge([9; 16]);
+        let mut arr_a = vec![0u8; L << N];
+        let mut arr_b = vec![0u8; L << N];
+        let va = write_accumulate_audited(&mut arr_a, L, &[(a, ctx_a)], Party::A, &ch);
+        let vb = write_accumulate_audited(&mut arr_b, L, &[(b, ctx_b)], Party::B, &ch);
+        (va[0], vb[0])
+    }
+
+    fn accepted(a: &WriteKey, b: &WriteKey) -> bool {
+        let (x, y) = audit(a, b, b"ctx", b"ctx");
+        x == y
+    }
+
+    /// Slots where the pair's shares XOR to non-zero.
+    fn nonzero_slots(a: &WriteKey, b: &WriteKey) -> usize {
+        let (fa, fb) = (a.eval_full(Party::A), b.eval_full(Party::B));
+        fa.chunks(L)
+            .zip(fb.chunks(L))
+            .filter(|(x, y)| x != y)
+            .count()
+    }
+
+    #[test]
+    fn honest_pairs_pass() {
+        for alpha in [0, 1, 77, 255] {
+            let (a, b) = pair(alpha, alpha as u8);
+            assert_eq!(nonzero_slots(&a, &b), 1);
+            assert!(accepted(&a, &b));
+        }
+    }
+
+    #[test]
+    fn a_zero_payload_is_a_valid_write() {
+        let (a, b) =
+            WriteKey::r#gen(N, L, 5, &[0; L], &mut SeededRandom::new([1; 32])).expect("gen");
+        assert_eq!(nonzero_slots(&a, &b), 0);
+        assert!(accepted(&a, &b));
+    }
+
+    #[test]
+    fn every_public_field_changed_on_one_half_is_rejected() {
+        let (a, b) = pair(100, 7);
+        for level in 0..N as usize {
+            for bit in [0u32, 1, 64, 127] {
+                let mut t = b.clone();
+                t.tree.cw[level] ^= 1 << bit;
+                assert!(!accepted(&a, &t), "cw level {level} bit {bit}");
+            }
+            let mut t = b.clone();
+            t.tree.t_right[level] ^= 1;
+            assert!(!accepted(&a, &t), "t_right level {level}");
+        }
+        for j in 0..L / 16 {
+            let mut t = b.clone();
+            t.cw_out[j] ^= 1 << 40;
+            assert!(!accepted(&a, &t), "cw_out {j}");
+        }
+        for half in 0..2 {
+            let mut t = a.clone();
+            t.cs[half] ^= 1;
+            assert!(!accepted(&t, &b), "cs {half}");
+        }
+        let mut t = a.clone();
+        t.tree.salt ^= 1 << 100;
+        assert!(!accepted(&t, &b), "salt");
+        // Context: round, request id or account differ.
+        let (x, y) = audit(&a, &b, b"round 1", b"round 2");
+        assert_ne!(x, y);
+        // Slot size and domain are in the public hash: a half claiming other ones is rejected
+        // even if its evaluation were somehow accepted.
+        let mut t = b.clone();
+        t.cw_out.push(0);
+        assert_ne!(t.public_hash(b"c"), a.public_hash(b"c"));
+        let mut t = b.clone();
+        t.domain_bits += 1;
+        assert_ne!(t.public_hash(b"c"), a.public_hash(b"c"));
+    }
+
+    #[test]
+    fn flipped_seeds_and_mismatched_halves_are_rejected() {
+        let (a, b) = pair(3, 1);
+        for bit in [1u32, 2, 63, 64, 127] {
+            let mut t = a.clone();
+            t.tree.root ^= 1 << bit;
+            assert!(!accepted(&t, &b), "root bit {bit}");
+        }
+        let (_, b2) = pair(3, 2);
+        assert!(!accepted(&a, &b2));
+        // Both halves from the same party.
+        let (x, y) = {
+            let ch = AuditChallenge([9; 16]);
+            let mut arr = vec![0u8; L << N];
+            let va =
+                write_accumulate_audited(&mut arr, L, &[(&a, b"ctx".as_slice())], Party::A, &ch);
+            let vb =
+                write_accumulate_audited(&mut arr, L, &[(&a, b"ctx".as_slice())], Party::B, &ch);
+            (va[0], vb[0])
+        };
+        assert_ne!(x, y);
+    }
+
+    #[test]
+    fn two_point_and_many_point_functions_are_rejected() {
+        // Last level uncorrected: both children of the point's parent differ.
+        let (mut a, mut b) = pair(10, 3);
+        for k in [&mut a, &mut b] {
+            k.tree.cw[N as usize - 1] = 1;
+            k.tree.t_right[N as usize - 1] = 1;
+        }
+        assert_eq!(nonzero_slots(&a, &b), 2);
+        assert!(!accepted(&a, &b));
+
+        // No correction anywhere: every leaf differs.
+        let (mut a, mut b) = pair(10, 4);
+        for k in [&mut a, &mut b] {
+            k.tree.cw.iter_mut().for_each(|c| *c = 0);
+            k.tree.t_right.iter_mut().for_each(|t| *t = 0);
+        }
+        assert!(nonzero_slots(&a, &b) > 100);
+        assert!(!accepted(&a, &b));
+
+        // Equal seeds, control bits differing at every leaf, zero proof correction: the
+        // output correction applies on one side only at every slot.
+        let (mut a, mut b) = pair(10, 5);
+        b.tree.root = a.tree.root;
+        for k in [&mut a, &mut b] {
+            k.tree.cw.iter_mut().for_each(|c| *c = 1);
+            k.tree.t_right.iter_mut().for_each(|t| *t = 1);
+            k.cs = [0, 0];
+        }
+        assert_eq!(nonzero_slots(&a, &b), 1 << N);
+        assert!(!accepted(&a, &b));
+    }
+
+    #[test]
+    fn audit_does_not_depend_on_how_keys_are_batched() {
+        let keys: Vec<(WriteKey, WriteKey)> = (0..5).map(|i| pair(i * 50, i as u8)).collect();
+        let ch = AuditChallenge([1; 16]);
+        let ctx = b"c".as_slice();
+        let all: Vec<(&WriteKey, &[u8])> = keys.iter().map(|k| (&k.0, ctx)).collect();
+        let mut arr = vec![0u8; L << N];
+        let batch = write_accumulate_audited(&mut arr, L, &all, Party::A, &ch);
+        let mut arr1 = vec![0u8; L << N];
+        for (i, w) in all.iter().enumerate() {
+            let v = write_accumulate_audited(&mut arr1, L, &[*w], Party::A, &ch);
+            assert_eq!(v[0], batch[i]);
+        }
+        assert_eq!(arr, arr1);
+    }
+
+    #[test]
+    fn a_key_larger_than_the_array_is_audited_over_its_whole_domain() {
+        let (a, b) = pair(200, 8);
+        let ch = AuditChallenge([2; 16]);
+        let mut small_a = vec![0u8; L * 100];
+        let mut small_b = vec![0u8; L * 100];
+        let va = write_accumulate_audited(&mut small_a, L, &[(&a, b"c".as_slice())], Party::A, &ch);
+        let vb = write_accumulate_audited(&mut small_b, L, &[(&b, b"c".as_slice())], Party::B, &ch);
+        assert_eq!(va, vb);
+        assert_eq!(small_a, small_b, "the point is outside the array");
+    }
+}
