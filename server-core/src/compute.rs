@@ -1,0 +1,192 @@
+//! The heavy, pure computations (DPF evaluation), spread over cores. No I/O, no clock.
+
+use protocol::{AuditValue, RequestId, Role};
+use std::sync::Arc;
+
+/// The dpf party of a role.
+pub fn party(role: Role) -> dpf::Party {
+    match role {
+        Role::A => dpf::Party::A,
+        Role::B => dpf::Party::B,
+    }
+}
+
+/// Evaluate every accepted write of a round over the full domain, with audit values.
+#[derive(Debug, Clone)]
+pub struct AuditJob {
+    /// The round.
+    pub round: u64,
+    /// This server's role (its party bit).
+    pub role: Role,
+    /// Slots.
+    pub n_slots: usize,
+    /// Bytes per slot.
+    pub slot_len: usize,
+    /// `domain_bits` for decoding.
+    pub domain_bits: u32,
+    /// The audit challenge.
+    pub challenge: [u8; 16],
+    /// (id, encoded key half, write ctx), in accepted order.
+    pub writes: Vec<(RequestId, Vec<u8>, Vec<u8>)>,
+}
+
+/// The result of an [`AuditJob`].
+#[derive(Debug, Clone)]
+pub struct AuditResult {
+    /// The round.
+    pub round: u64,
+    /// The tentative share array (every accepted write applied).
+    pub share: Vec<u8>,
+    /// One value per write, in job order.
+    pub values: Vec<AuditValue>,
+}
+
+/// A kernel failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ComputeError {
+    /// A worker thread panicked.
+    #[error("a DPF worker thread panicked")]
+    WorkerPanicked,
+}
+
+/// How many worker threads to use for a kernel.
+pub fn worker_count() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 16)
+}
+
+/// Runs an audit job: each worker evaluates whole keys into its own partial array (sharding by
+/// key keeps every audit whole); partial arrays are XORed together.
+pub fn run_audit(job: &AuditJob, threads: usize) -> Result<AuditResult, ComputeError> {
+    let array_len = job.n_slots * job.slot_len;
+    // Keys were validated when received; one that no longer decodes gets a random audit value,
+    // which cannot match the peer's, so the write is dropped by both.
+    let decoded: Vec<Option<dpf::WriteKey>> = job
+        .writes
+        .iter()
+        .map(|(_, k, _)| dpf::WriteKey::decode(k, job.domain_bits, job.slot_len).ok())
+        .collect();
+    let threads = threads.clamp(1, job.writes.len().max(1));
+    let chunk = job.writes.len().div_ceil(threads).max(1);
+    let idx: Vec<usize> = (0..job.writes.len()).collect();
+    type Part = (Vec<u8>, Vec<(usize, [u8; 32])>);
+    let parts: Vec<Part> = std::thread::scope(|s| {
+        let handles: Vec<_> = idx
+            .chunks(chunk)
+            .map(|ids| {
+                let decoded = &decoded;
+                s.spawn(move || {
+                    let mut arr = vec![0u8; array_len];
+                    let mut pairs: Vec<(usize, &dpf::WriteKey, &[u8])> = Vec::new();
+                    let mut out = Vec::new();
+                    for &i in ids {
+                        match &decoded[i] {
+                            Some(k) => pairs.push((i, k, job.writes[i].2.as_slice())),
+                            None => out.push((i, random_value())),
+                        }
+                    }
+                    let writes: Vec<(&dpf::WriteKey, &[u8])> =
+                        pairs.iter().map(|(_, k, c)| (*k, *c)).collect();
+                    let vals = dpf::write_accumulate_audited(
+                        &mut arr,
+                        job.slot_len,
+                        &writes,
+                        party(job.role),
+                        &dpf::AuditChallenge(job.challenge),
+                    );
+                    out.extend(pairs.iter().map(|p| p.0).zip(vals));
+                    (arr, out)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().map_err(|_| ComputeError::WorkerPanicked))
+            .collect::<Result<Vec<_>, _>>()
+    })?;
+    let mut share = vec![0u8; array_len];
+    let mut values = vec![[0u8; 32]; job.writes.len()];
+    let mut filled = vec![false; job.writes.len()];
+    for (arr, vals) in parts {
+        xor_into(&mut share, &arr);
+        for (i, v) in vals {
+            values[i] = v;
+            filled[i] = true;
+        }
+    }
+    for (i, f) in filled.iter().enumerate() {
+        if !f {
+            values[i] = random_value();
+        }
+    }
+    Ok(AuditResult {
+        round: job.round,
+        share,
+        values: job
+            .writes
+            .iter()
+            .zip(values)
+            .map(|((id, _, _), value)| AuditValue {
+                request_id: *id,
+                value,
+            })
+            .collect(),
+    })
+}
+
+fn random_value() -> [u8; 32] {
+    let mut v = [0u8; 32];
+    // If the OS random source fails, a fixed marker still differs from any real audit value
+    // with overwhelming probability.
+    if getrandom::fill(&mut v).is_err() {
+        v = [0xa5; 32];
+    }
+    v
+}
+
+/// `dst ^= src` (equal lengths; extra bytes of the longer are ignored).
+pub fn xor_into(dst: &mut [u8], src: &[u8]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d ^= *s;
+    }
+}
+
+/// Removes writes from a share array (XOR is its own inverse).
+pub fn remove_writes(share: &mut [u8], slot_len: usize, keys: &[dpf::WriteKey], role: Role) {
+    let refs: Vec<&dpf::WriteKey> = keys.iter().collect();
+    dpf::write_accumulate(share, slot_len, &refs, party(role));
+}
+
+/// Answers a batch of reads of one array: one pass over the array per worker, workers split the
+/// keys between them.
+pub fn answer_reads(
+    array: &Arc<Vec<u8>>,
+    slot_len: usize,
+    keys: &[dpf::ReadKey],
+    role: Role,
+    threads: usize,
+) -> Result<Vec<Vec<u8>>, ComputeError> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let threads = threads.clamp(1, keys.len());
+    let chunk = keys.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = keys
+            .chunks(chunk)
+            .map(|ks| {
+                s.spawn(move || {
+                    let refs: Vec<&dpf::ReadKey> = ks.iter().collect();
+                    dpf::pir_answer(array, slot_len, &refs, party(role))
+                })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for h in handles {
+            out.extend(h.join().map_err(|_| ComputeError::WorkerPanicked)?);
+        }
+        Ok(out)
+    })
+}

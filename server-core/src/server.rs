@@ -1,0 +1,710 @@
+//! The thin tokio shell around the [`Machine`]: listeners, the clock, persistence, peer
+//! delivery, batched reads, metrics.
+
+use crate::compute::{answer_reads, run_audit, worker_count};
+use crate::config::{Config, ConfigError, load_signing_key};
+use crate::machine::{Action, ApiError, Machine, MachineConfig, ReadJob};
+use crate::metrics::Metrics;
+use crate::store::{RecordKey, Store, StoreError};
+use protocol::{ErrorCode, ErrorResponse, PeerAck, PeerMessage, Role, codec, paths};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+use transport::{HttpsClient, Identity, Request, Response, ServerLimits};
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// Configuration problem.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// TLS or identity problem.
+    #[error(transparent)]
+    Transport(#[from] transport::TransportError),
+    /// Storage problem at start-up.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Socket problem.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Unix time in milliseconds from the system clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+type ReadReply = oneshot::Sender<Result<Vec<Vec<u8>>, ApiError>>;
+
+struct Shared {
+    machine: Mutex<Machine>,
+    store: Store,
+    peer: HttpsClient,
+    peer_pin: transport::Pin,
+    metrics: Arc<Metrics>,
+    role: Role,
+    slot_len: usize,
+    reads: mpsc::Sender<(ReadJob, ReadReply)>,
+    stop: watch::Receiver<bool>,
+    ready: AtomicBool,
+}
+
+impl Shared {
+    fn machine(&self) -> MutexGuard<'_, Machine> {
+        // A panic while holding the lock cannot leave the machine half-updated in a way that
+        // matters more than stopping would; keep serving.
+        self.machine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn error_response(metrics: &Metrics, e: &ApiError) -> Response {
+    metrics.error(e.code);
+    let body = codec::encode(&ErrorResponse::new(e.code, e.message.clone()));
+    Response::binary(e.code.http_status(), body)
+}
+
+fn api(code: ErrorCode, message: impl Into<String>) -> ApiError {
+    ApiError {
+        code,
+        message: message.into(),
+    }
+}
+
+/// Runs one server until `shutdown` completes. Listeners are bound by the caller (tests bind
+/// `127.0.0.1:0`). The admin listener serves plain HTTP and must be on loopback.
+pub async fn run(
+    config: Config,
+    client_listener: TcpListener,
+    peer_listener: TcpListener,
+    admin_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    run_with_metrics(
+        config,
+        client_listener,
+        peer_listener,
+        admin_listener,
+        shutdown,
+        Arc::default(),
+    )
+    .await
+}
+
+/// [`run`], sharing a [`Metrics`] the caller can inspect (tests).
+pub async fn run_with_metrics(
+    config: Config,
+    client_listener: TcpListener,
+    peer_listener: TcpListener,
+    admin_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+    metrics: Arc<Metrics>,
+) -> Result<(), ServerError> {
+    config.validate()?;
+    let identity = Identity::load_pem(&config.tls_cert, &config.tls_key)?;
+    let signing_key = load_signing_key(&config.signing_key)?;
+    let peer_pin = config.peer_pin()?;
+    let peer_signing_key = config.peer_signing_key_bytes()?;
+    let params = config.params;
+    let role = config.role;
+    std::fs::create_dir_all(&config.data_dir)?;
+    let store = Store::open(&config.data_dir)?;
+
+    let mut machine = Machine::new(
+        MachineConfig {
+            role,
+            params,
+            signing_key,
+            peer_signing_key,
+            registration: config.registration.clone(),
+            registrations_per_minute: config.registrations_per_minute,
+        },
+        Box::new(|buf: &mut [u8]| {
+            if getrandom::fill(buf).is_err() {
+                // Without OS randomness the nonce is still unique per process run and round;
+                // admission seeds also mix in the peer's nonce.
+                let t = now_ms().to_le_bytes();
+                for (i, b) in buf.iter_mut().enumerate() {
+                    *b = t[i % 8] ^ (i as u8);
+                }
+            }
+        }),
+    );
+    let now = now_ms();
+    restore(&mut machine, &store, &metrics, now)?;
+    metrics
+        .accounts
+        .store(machine.account_count() as u64, Ordering::Relaxed);
+    let resumed = machine.resume(now);
+
+    let peer = HttpsClient::new(&config.peer_addr, peer_pin, Some(&identity))?
+        .with_timeouts(Duration::from_secs(2), Duration::from_secs(10))
+        .with_max_response_bytes(64 << 10);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (read_tx, read_rx) = mpsc::channel(1024);
+    let shared = Arc::new(Shared {
+        machine: Mutex::new(machine),
+        store,
+        peer,
+        peer_pin,
+        metrics: metrics.clone(),
+        role,
+        slot_len: params.slot_len as usize,
+        reads: read_tx,
+        stop: stop_rx.clone(),
+        ready: AtomicBool::new(false),
+    });
+    let _ = execute(shared.clone(), resumed).await;
+
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    // Clock.
+    {
+        let shared = shared.clone();
+        let mut stop = stop_rx.clone();
+        let tick = Duration::from_millis((params.round_ms / 50).clamp(5, 50));
+        tasks.spawn(async move {
+            let mut interval = tokio::time::interval(tick);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    _ = interval.tick() => {}
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+                let now = now_ms();
+                if let Some(r) = params.round_at(now) {
+                    shared.metrics.current_round.store(r, Ordering::Relaxed);
+                }
+                let actions = shared.machine().tick(now);
+                let _ = execute(shared.clone(), actions).await;
+            }
+        });
+    }
+    // Read batcher.
+    tasks.spawn(read_batcher(shared.clone(), read_rx, stop_rx.clone()));
+    // Client port.
+    {
+        let shared = shared.clone();
+        let tls = transport::server_config(&identity, None)?;
+        let limits = ServerLimits {
+            max_body_bytes: 1 << 20,
+            ..ServerLimits::default()
+        };
+        let stop = stopped(stop_rx.clone());
+        tasks.spawn(async move {
+            let handler = move |req: Request| {
+                let shared = shared.clone();
+                async move { handle_client(shared, req).await }
+            };
+            if let Err(e) =
+                transport::serve(client_listener, Some(tls), limits, handler, stop).await
+            {
+                tracing::error!(error = %e, "client listener failed");
+            }
+        });
+    }
+    // Peer port (mutual TLS, only the pinned peer certificate).
+    {
+        let shared = shared.clone();
+        let tls = transport::server_config(&identity, Some(peer_pin))?;
+        let limits = ServerLimits {
+            max_body_bytes: params.array_bytes() as usize + 4096,
+            max_connections: 64,
+            ..ServerLimits::default()
+        };
+        let stop = stopped(stop_rx.clone());
+        tasks.spawn(async move {
+            let handler = move |req: Request| {
+                let shared = shared.clone();
+                async move { handle_peer(shared, req).await }
+            };
+            if let Err(e) = transport::serve(peer_listener, Some(tls), limits, handler, stop).await
+            {
+                tracing::error!(error = %e, "peer listener failed");
+            }
+        });
+    }
+    // Admin port (plain HTTP, loopback).
+    if let Some(admin) = admin_listener {
+        let shared = shared.clone();
+        let limits = ServerLimits {
+            max_body_bytes: 1024,
+            max_connections: 16,
+            ..ServerLimits::default()
+        };
+        let stop = stopped(stop_rx.clone());
+        tasks.spawn(async move {
+            let handler = move |req: Request| {
+                let shared = shared.clone();
+                async move { handle_admin(&shared, &req) }
+            };
+            if let Err(e) = transport::serve(admin, None, limits, handler, stop).await {
+                tracing::error!(error = %e, "admin listener failed");
+            }
+        });
+    }
+    shared.ready.store(true, Ordering::Relaxed);
+    tracing::info!(role = %role, "server running");
+    shutdown.await;
+    tracing::info!(role = %role, "shutting down");
+    shared.ready.store(false, Ordering::Relaxed);
+    let _ = stop_tx.send(true);
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(10), drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!("some tasks did not stop in time");
+    }
+    // Every state change was persisted before it took effect; nothing is left to flush.
+    Ok(())
+}
+
+fn restore(
+    machine: &mut Machine,
+    store: &Store,
+    metrics: &Metrics,
+    now: u64,
+) -> Result<(), StoreError> {
+    let p = *machine.params();
+    for name in store.list(None)? {
+        let key = RecordKey::global(name);
+        match store.get(&key) {
+            Ok(Some(bytes)) => {
+                if let Err(e) = machine.restore(&key, &bytes) {
+                    tracing::error!(error = %e, "unusable record");
+                    metrics.corrupt_files.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "corrupted record ignored");
+                metrics.corrupt_files.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    let keep_from = p
+        .round_at(now)
+        .map_or(0, |c| c.saturating_sub(u64::from(p.read_lag) + 1));
+    for round in store.rounds()? {
+        if round < keep_from {
+            store.remove_round(round)?;
+            continue;
+        }
+        for name in store.list(Some(round))? {
+            let key = RecordKey::round(round, name);
+            match store.get(&key) {
+                Ok(Some(bytes)) => {
+                    if let Err(e) = machine.restore(&key, &bytes) {
+                        tracing::error!(error = %e, "unusable record; round will be abandoned");
+                        metrics.corrupt_files.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, round, "corrupted record; round will be abandoned");
+                    metrics.corrupt_files.fetch_add(1, Ordering::Relaxed);
+                    machine.restore_corrupt(Some(round));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Carries out actions in order. Returns an error if a `Persist` failed (the remaining actions
+/// are dropped and the machine is told, so the round is abandoned rather than closed wrongly).
+fn execute(
+    shared: Arc<Shared>,
+    actions: Vec<Action>,
+) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>> {
+    Box::pin(async move {
+        for action in actions {
+            match action {
+                Action::Persist { key, bytes } => {
+                    let store = shared.store.clone();
+                    let k = key.clone();
+                    let res = tokio::task::spawn_blocking(move || store.put(&k, &bytes))
+                        .await
+                        .unwrap_or_else(|e| {
+                            Err(StoreError::Io {
+                                path: key.name.clone(),
+                                source: std::io::Error::other(e.to_string()),
+                            })
+                        });
+                    if let Err(e) = res {
+                        shared
+                            .metrics
+                            .persist_failures
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(error = %e, "persist failed");
+                        if let Some(round) = key.round {
+                            let more = shared.machine().persist_failed(now_ms(), round);
+                            let _ = execute(shared.clone(), more).await;
+                        }
+                        return Err(e);
+                    }
+                }
+                Action::SendPeer(msg) => {
+                    tokio::spawn(deliver(shared.clone(), msg));
+                }
+                Action::Audit(job) => {
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        let round = job.round;
+                        let res =
+                            tokio::task::spawn_blocking(move || run_audit(&job, worker_count()))
+                                .await;
+                        let now = now_ms();
+                        let more = match res {
+                            Ok(Ok(result)) => shared.machine().audit_done(now, result),
+                            Ok(Err(e)) => {
+                                tracing::error!(error = %e, round, "audit computation failed");
+                                shared.machine().compute_failed(now, round)
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, round, "audit task failed");
+                                shared.machine().compute_failed(now, round)
+                            }
+                        };
+                        let _ = execute(shared, more).await;
+                    });
+                }
+                Action::Published { round } => {
+                    shared
+                        .metrics
+                        .rounds_published
+                        .fetch_add(1, Ordering::Relaxed);
+                    shared
+                        .metrics
+                        .last_published_round
+                        .fetch_max(round, Ordering::Relaxed);
+                    tracing::info!(round, "round published");
+                }
+                Action::Abandoned { round, reason } => {
+                    shared
+                        .metrics
+                        .rounds_abandoned
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(round, ?reason, "round abandoned");
+                }
+                Action::Alarm { round, message } => {
+                    shared.metrics.alarms.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(round, alarm = %message, "ALARM");
+                }
+                Action::Prune { below } => {
+                    let store = shared.store.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        if let Ok(rounds) = store.rounds() {
+                            for r in rounds.into_iter().filter(|r| *r < below) {
+                                if let Err(e) = store.remove_round(r) {
+                                    tracing::warn!(error = %e, "cannot prune round");
+                                }
+                            }
+                        }
+                    })
+                    .await;
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Delivers one peer message, retrying with backoff until acknowledged, the round is
+/// forgotten, or the server stops.
+async fn deliver(shared: Arc<Shared>, msg: PeerMessage) {
+    let body = codec::encode(&msg);
+    let round = msg.round();
+    let mut backoff = Duration::from_millis(50);
+    let mut stop = shared.stop.clone();
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        if shared.machine().status(round) == protocol::RoundStatus::Forgotten {
+            return;
+        }
+        match shared.peer.post(paths::PEER, body.clone()).await {
+            Ok((200, resp)) if codec::decode::<PeerAck>(&resp).is_ok_and(|a| a.round == round) => {
+                shared
+                    .metrics
+                    .peer_messages_sent
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(round, kind = msg.kind(), "peer message delivered");
+                return;
+            }
+            Ok((status, resp)) => {
+                shared
+                    .metrics
+                    .peer_send_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                let detail = codec::decode::<ErrorResponse>(&resp)
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
+                tracing::warn!(round, kind = msg.kind(), status, %detail, "peer refused message");
+                // A refusal for malformed content will not change on retry.
+                if matches!(status, 400 | 401) {
+                    return;
+                }
+            }
+            Err(e) => {
+                shared
+                    .metrics
+                    .peer_send_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(round, kind = msg.kind(), error = %e, "peer unreachable, will retry");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+async fn read_batcher(
+    shared: Arc<Shared>,
+    mut rx: mpsc::Receiver<(ReadJob, ReadReply)>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let first = tokio::select! {
+            j = rx.recv() => match j { Some(j) => j, None => return },
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let mut batch = vec![first];
+        while batch.len() < 512 {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        // Group by array round; one pass over each array for all its keys.
+        batch.sort_by_key(|(j, _)| j.array_round);
+        let mut groups: Vec<Vec<(ReadJob, ReadReply)>> = Vec::new();
+        for item in batch {
+            match groups.last_mut() {
+                Some(g) if g[0].0.array_round == item.0.array_round => g.push(item),
+                _ => groups.push(vec![item]),
+            }
+        }
+        for mut group in groups {
+            let array = group[0].0.array.clone();
+            let counts: Vec<usize> = group.iter().map(|(j, _)| j.keys.len()).collect();
+            let keys: Vec<dpf::ReadKey> = group
+                .iter_mut()
+                .flat_map(|(j, _)| std::mem::take(&mut j.keys))
+                .collect();
+            let (slot_len, role) = (shared.slot_len, shared.role);
+            let res = tokio::task::spawn_blocking(move || {
+                answer_reads(&array, slot_len, &keys, role, worker_count())
+            })
+            .await;
+            match res {
+                Ok(Ok(answers)) => {
+                    shared
+                        .metrics
+                        .read_keys_answered
+                        .fetch_add(answers.len() as u64, Ordering::Relaxed);
+                    let mut it = answers.into_iter();
+                    for ((_, reply), n) in group.into_iter().zip(counts) {
+                        let _ = reply.send(Ok(it.by_ref().take(n).collect()));
+                    }
+                }
+                _ => {
+                    for (_, reply) in group {
+                        let _ =
+                            reply.send(Err(api(ErrorCode::Internal, "read computation failed")));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn decode<T: bincode_free::Decodable>(body: &[u8]) -> Result<T, ApiError> {
+    T::decode_body(body)
+}
+
+/// Keeps bincode out of this crate: `protocol::codec` is the only decoder.
+mod bincode_free {
+    use super::*;
+    pub trait Decodable: Sized {
+        fn decode_body(body: &[u8]) -> Result<Self, ApiError>;
+    }
+    macro_rules! decodable {
+        ($($t:ty),*) => {$(
+            impl Decodable for $t {
+                fn decode_body(body: &[u8]) -> Result<Self, ApiError> {
+                    codec::decode(body).map_err(|e| api(ErrorCode::Malformed, e.to_string()))
+                }
+            }
+        )*};
+    }
+    decodable!(
+        protocol::InfoRequest,
+        protocol::RegisterRequest,
+        protocol::WriteRequest,
+        protocol::CommitRequest,
+        protocol::ReadRequest,
+        protocol::RoundStatusRequest,
+        protocol::PeerMessage
+    );
+}
+
+async fn handle_client(shared: Arc<Shared>, req: Request) -> Response {
+    let endpoint = match req.path.as_str() {
+        paths::INFO => "info",
+        paths::REGISTER => "register",
+        paths::WRITE => "write",
+        paths::COMMIT => "commit",
+        paths::READ => "read",
+        paths::ROUND_STATUS => "round_status",
+        _ => "unknown",
+    };
+    shared.metrics.request(endpoint);
+    if req.method != "POST" {
+        return error_response(&shared.metrics, &api(ErrorCode::NotFound, "use POST"));
+    }
+    match client_request(&shared, endpoint, &req.body).await {
+        Ok(body) => Response::binary(200, body),
+        Err(e) => {
+            tracing::debug!(endpoint, code = e.code.as_str(), "request refused");
+            error_response(&shared.metrics, &e)
+        }
+    }
+}
+
+async fn client_request(
+    shared: &Arc<Shared>,
+    endpoint: &str,
+    body: &[u8],
+) -> Result<Vec<u8>, ApiError> {
+    let now = now_ms();
+    let internal = |_| api(ErrorCode::Internal, "cannot persist, try again");
+    match endpoint {
+        "info" => {
+            let _: protocol::InfoRequest = decode(body)?;
+            Ok(codec::encode(&shared.machine().info(now)))
+        }
+        "round_status" => {
+            let r: protocol::RoundStatusRequest = decode(body)?;
+            Ok(codec::encode(&shared.machine().round_status(r.round)))
+        }
+        "register" => {
+            let r: protocol::RegisterRequest = decode(body)?;
+            let (resp, actions) = shared.machine().handle_register(now, &r)?;
+            if let Err(e) = execute(shared.clone(), actions).await {
+                shared.machine().rollback_register(&r);
+                return Err(internal(e));
+            }
+            let n = shared.machine().account_count();
+            shared.metrics.accounts.store(n as u64, Ordering::Relaxed);
+            Ok(codec::encode(&resp))
+        }
+        "write" => {
+            let w: protocol::WriteRequest = decode(body)?;
+            let (round, id) = (w.round, w.request_id);
+            let (receipt, actions) = shared.machine().handle_write(now, w)?;
+            if let Err(e) = execute(shared.clone(), actions).await {
+                shared.machine().rollback_write(round, &id);
+                return Err(internal(e));
+            }
+            shared
+                .metrics
+                .writes_accepted
+                .fetch_add(1, Ordering::Relaxed);
+            Ok(codec::encode(&receipt))
+        }
+        "commit" => {
+            let c: protocol::CommitRequest = decode(body)?;
+            let (ack, actions) = shared.machine().handle_commit(now, &c)?;
+            if let Err(e) = execute(shared.clone(), actions).await {
+                shared.machine().rollback_commit(ack.round, &ack.request_id);
+                return Err(internal(e));
+            }
+            shared
+                .metrics
+                .commits_accepted
+                .fetch_add(1, Ordering::Relaxed);
+            Ok(codec::encode(&ack))
+        }
+        "read" => {
+            let r: protocol::ReadRequest = decode(body)?;
+            let job = shared.machine().handle_read(now, &r)?;
+            let array_round = job.array_round;
+            let (tx, rx) = oneshot::channel();
+            shared
+                .reads
+                .send((job, tx))
+                .await
+                .map_err(|_| api(ErrorCode::Unavailable, "shutting down"))?;
+            let answers = rx
+                .await
+                .map_err(|_| api(ErrorCode::Unavailable, "shutting down"))??;
+            Ok(codec::encode(&protocol::ReadResponse {
+                array_round,
+                answers,
+            }))
+        }
+        _ => Err(api(ErrorCode::NotFound, "unknown path")),
+    }
+}
+
+async fn handle_peer(shared: Arc<Shared>, req: Request) -> Response {
+    shared.metrics.request("peer");
+    let result = async {
+        if req.client_pin != Some(shared.peer_pin) {
+            return Err(api(ErrorCode::BadSignature, "not the pinned peer"));
+        }
+        if req.method != "POST" || req.path != paths::PEER {
+            return Err(api(ErrorCode::NotFound, "unknown path"));
+        }
+        let msg: PeerMessage = decode(&req.body)?;
+        let kind = msg.kind();
+        let (ack, actions) = shared.machine().handle_peer(now_ms(), msg)?;
+        tracing::debug!(round = ack.round, kind, "peer message received");
+        execute(shared.clone(), actions)
+            .await
+            .map_err(|_| api(ErrorCode::Internal, "cannot persist"))?;
+        Ok(codec::encode(&ack))
+    }
+    .await;
+    match result {
+        Ok(body) => Response::binary(200, body),
+        Err(e) => {
+            tracing::warn!(code = e.code.as_str(), reason = %e.message, "peer message refused");
+            error_response(&shared.metrics, &e)
+        }
+    }
+}
+
+fn handle_admin(shared: &Shared, req: &Request) -> Response {
+    match req.path.as_str() {
+        "/metrics" => {
+            let role = shared.role.to_string();
+            let mut r = Response::text(200, shared.metrics.render(&role));
+            r.content_type = "text/plain; version=0.0.4";
+            r
+        }
+        "/healthz" => Response::text(200, "ok\n"),
+        "/readyz" => {
+            if shared.ready.load(Ordering::Relaxed) {
+                Response::text(200, "ready\n")
+            } else {
+                Response::text(503, "not ready\n")
+            }
+        }
+        _ => Response::text(404, "not found\n"),
+    }
+}

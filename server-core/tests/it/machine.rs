@@ -1,0 +1,962 @@
+//! The round state machine under simulated time: two machines wired by an in-memory network.
+
+use crate::common::*;
+use protocol::*;
+use server_core::compute::{answer_reads, run_audit};
+use server_core::config::Registration;
+use server_core::machine::{Action, Machine, MachineConfig, RandomFill};
+use server_core::store::RecordKey;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+const T0: u64 = 1_000_000;
+
+fn params() -> Params {
+    Params {
+        domain_bits: 6,
+        slot_len: 32,
+        reads_per_round: 2,
+        round_ms: 1000,
+        t0_ms: T0,
+        send_offset_ms: 50,
+        write_close_ms: 300,
+        cutoff_ms: 500,
+        publish_deadline_ms: 1800,
+        read_lag: 2,
+        c_max: 2,
+        write_channels: 2,
+        max_writers: 64,
+    }
+}
+
+fn at(round: u64, offset: u64) -> u64 {
+    T0 + round * 1000 + offset
+}
+
+struct Node {
+    m: Machine,
+    disk: BTreeMap<RecordKey, Vec<u8>>,
+    outbox: Vec<PeerMessage>,
+    alarms: Vec<String>,
+    published: Vec<u64>,
+    abandoned: Vec<(u64, AbandonReason)>,
+    cfg: MachineConfig,
+}
+
+fn machine_cfg(role: Role, p: Params, own: &SigningKey, peer: &SigningKey) -> MachineConfig {
+    MachineConfig {
+        role,
+        params: p,
+        signing_key: own.clone(),
+        peer_signing_key: public_key(peer),
+        registration: Registration::Open,
+        registrations_per_minute: 1000,
+    }
+}
+
+fn rng(seed: u8) -> RandomFill {
+    let mut c = 0u8;
+    Box::new(move |b: &mut [u8]| {
+        c = c.wrapping_add(1);
+        for (i, x) in b.iter_mut().enumerate() {
+            *x = seed ^ c ^ (i as u8);
+        }
+    })
+}
+
+impl Node {
+    fn new(cfg: MachineConfig, seed: u8) -> Node {
+        Node {
+            m: Machine::new(cfg.clone(), rng(seed)),
+            disk: BTreeMap::new(),
+            outbox: Vec::new(),
+            alarms: Vec::new(),
+            published: Vec::new(),
+            abandoned: Vec::new(),
+            cfg,
+        }
+    }
+
+    fn apply(&mut self, now: u64, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::Persist { key, bytes } => {
+                    self.disk.insert(key, bytes);
+                }
+                Action::SendPeer(m) => self.outbox.push(m),
+                Action::Audit(job) => {
+                    let result = run_audit(&job, 2).expect("audit");
+                    let more = self.m.audit_done(now, result);
+                    self.apply(now, more);
+                }
+                Action::Published { round } => self.published.push(round),
+                Action::Abandoned { round, reason } => self.abandoned.push((round, reason)),
+                Action::Alarm { message, .. } => self.alarms.push(message),
+                Action::Prune { below } => {
+                    self.disk.retain(|k, _| k.round.is_none_or(|r| r >= below));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Rebuilds the machine from its persisted records only (a crash and restart).
+    fn restart(&mut self, now: u64, seed: u8) {
+        self.m = Machine::new(self.cfg.clone(), rng(seed));
+        self.outbox.clear();
+        for (k, v) in self.disk.clone() {
+            self.m.restore(&k, &v).expect("restore");
+        }
+        let actions = self.m.resume(now);
+        self.apply(now, actions);
+    }
+}
+
+type Tamper = Box<dyn FnMut(Role, &mut PeerMessage) -> bool>;
+
+struct Net {
+    a: Node,
+    b: Node,
+    /// Returns false to drop a message; may modify it.
+    tamper: Option<Tamper>,
+    /// Messages that were dropped, kept for later redelivery (retry until acked).
+    held: Vec<(Role, PeerMessage)>,
+}
+
+impl Net {
+    fn new() -> Net {
+        let p = params();
+        let ka = signing_key_from_bytes(&[0xa0; 32]);
+        let kb = signing_key_from_bytes(&[0xb0; 32]);
+        Net {
+            a: Node::new(machine_cfg(Role::A, p, &ka, &kb), 1),
+            b: Node::new(machine_cfg(Role::B, p, &kb, &ka), 2),
+            tamper: None,
+            held: Vec::new(),
+        }
+    }
+
+    fn node(&mut self, r: Role) -> &mut Node {
+        match r {
+            Role::A => &mut self.a,
+            Role::B => &mut self.b,
+        }
+    }
+
+    /// Delivers messages until none are left.
+    fn pump(&mut self, now: u64) {
+        for _ in 0..100 {
+            let mut moved = false;
+            for from in [Role::A, Role::B] {
+                let msgs = std::mem::take(&mut self.node(from).outbox);
+                for mut m in msgs {
+                    moved = true;
+                    let deliver = match self.tamper.as_mut() {
+                        Some(t) => t(from, &mut m),
+                        None => true,
+                    };
+                    if !deliver {
+                        self.held.push((from, m));
+                        continue;
+                    }
+                    let to = self.node(from.peer());
+                    match to.m.handle_peer(now, m) {
+                        Ok((_, actions)) => to.apply(now, actions),
+                        Err(e) => panic!("peer message refused: {e}"),
+                    }
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// Delivers at most `limit` messages (in outbox order, alternating sides).
+    fn pump_limited(&mut self, now: u64, limit: usize) {
+        let mut left = limit;
+        while left > 0 {
+            let from = if !self.a.outbox.is_empty() {
+                Role::A
+            } else if !self.b.outbox.is_empty() {
+                Role::B
+            } else {
+                return;
+            };
+            let m = self.node(from).outbox.remove(0);
+            let to = self.node(from.peer());
+            let (_, actions) = to.m.handle_peer(now, m).expect("peer message");
+            to.apply(now, actions);
+            left -= 1;
+        }
+    }
+
+    fn redeliver_held(&mut self, now: u64) {
+        for (from, m) in std::mem::take(&mut self.held) {
+            self.node(from).outbox.push(m);
+        }
+        self.tamper = None;
+        self.pump(now);
+    }
+
+    fn tick(&mut self, now: u64) {
+        let a = self.a.m.tick(now);
+        self.a.apply(now, a);
+        let b = self.b.m.tick(now);
+        self.b.apply(now, b);
+        self.pump(now);
+    }
+
+    /// Ticks every 50 ms from `from` to `to` inclusive.
+    fn run(&mut self, from: u64, to: u64) {
+        let mut t = from;
+        while t <= to {
+            self.tick(t);
+            t += 50;
+        }
+    }
+
+    fn register(&mut self, c: &TestClient) {
+        let p = params();
+        for n in [&mut self.a, &mut self.b] {
+            let (_, actions) = n.m.handle_register(T0, &c.register(&p)).expect("register");
+            n.apply(T0, actions);
+        }
+    }
+
+    /// Sends both halves; returns both receipts.
+    fn write(&mut self, now: u64, w: &WritePair) -> (Receipt, Receipt) {
+        let (ra, aa) = self.a.m.handle_write(now, w.a.clone()).expect("write A");
+        self.a.apply(now, aa);
+        let (rb, ab) = self.b.m.handle_write(now, w.b.clone()).expect("write B");
+        self.b.apply(now, ab);
+        (ra, rb)
+    }
+
+    fn commit(&mut self, now: u64, to: Role, peer_receipt: Receipt) {
+        let req = CommitRequest {
+            fingerprint: params().fingerprint(),
+            peer_receipt,
+        };
+        let n = self.node(to);
+        let (_, actions) = n.m.handle_commit(now, &req).expect("commit");
+        n.apply(now, actions);
+    }
+
+    fn write_and_commit(&mut self, now: u64, w: &WritePair) {
+        let (ra, rb) = self.write(now, w);
+        self.commit(now, Role::A, rb);
+        self.commit(now, Role::B, ra);
+    }
+
+    /// Reads `slots` in `round` (array round - lag) from both servers and XORs the answers.
+    fn read(
+        &mut self,
+        now: u64,
+        c: &TestClient,
+        round: u64,
+        slots: &[u64],
+        seed: u8,
+    ) -> Vec<Vec<u8>> {
+        let p = params();
+        let (qa, qb) = c.read(&p, round, slots, seed);
+        let ja = self.a.m.handle_read(now, &qa).expect("read A");
+        let jb = self.b.m.handle_read(now, &qb).expect("read B");
+        let aa =
+            answer_reads(&ja.array, p.slot_len as usize, &ja.keys, Role::A, 2).expect("answer");
+        let ab =
+            answer_reads(&jb.array, p.slot_len as usize, &jb.keys, Role::B, 2).expect("answer");
+        aa.iter().zip(&ab).map(|(x, y)| xor(x, y)).collect()
+    }
+}
+
+fn published(n: &Node, round: u64) -> PublishedRound {
+    match n.m.status(round) {
+        RoundStatus::Published(p) => p,
+        other => panic!("round {round} at {:?} is {other:?}", n.m.role()),
+    }
+}
+
+fn id(n: u8) -> RequestId {
+    [n; 16]
+}
+
+#[test]
+fn honest_round_is_published_and_read_back() {
+    let p = params();
+    let mut net = Net::new();
+    let alice = TestClient::new(1);
+    let bob = TestClient::new(2);
+    net.register(&alice);
+    net.register(&bob);
+    let wa = alice.write(&p, 0, id(1), 5, &payload(&p, 0xa1), 1);
+    let wb = bob.write(&p, 0, id(2), 40, &payload(&p, 0xb2), 2);
+    net.write_and_commit(at(0, 60), &wa);
+    net.write_and_commit(at(0, 70), &wb);
+    // Nothing happens before CUTOFF.
+    net.run(at(0, 100), at(0, 450));
+    assert!(net.a.disk.keys().all(|k| k.name != "frozen"));
+    assert_eq!(net.a.m.status(0), RoundStatus::Pending);
+    net.run(at(0, 500), at(0, 950));
+    let pa = published(&net.a, 0);
+    let pb = published(&net.b, 0);
+    assert_eq!(pa, pb, "both servers publish the same signed statement");
+    assert_eq!(pa.accepted, vec![id(1), id(2)]);
+    // Both signatures verify under the pinned keys.
+    let digest = accepted_digest(&pa.accepted);
+    verify(
+        &public_key(&net.a.cfg.signing_key),
+        &array_hash_message(Role::A, 0, &pa.array_hash, &digest),
+        &pa.signature_a,
+    )
+    .expect("A signature");
+    verify(
+        &public_key(&net.b.cfg.signing_key),
+        &array_hash_message(Role::B, 0, &pa.array_hash, &digest),
+        &pa.signature_b,
+    )
+    .expect("B signature");
+    // The array holds exactly the two payloads.
+    let m = net.a.m.published_array(0).expect("array");
+    let l = p.slot_len as usize;
+    assert_eq!(&m[5 * l..6 * l], wa.payload.as_slice());
+    assert_eq!(&m[40 * l..41 * l], wb.payload.as_slice());
+    assert_eq!(
+        m.iter().filter(|b| **b != 0).count(),
+        wa.payload
+            .iter()
+            .chain(&wb.payload)
+            .filter(|b| **b != 0)
+            .count()
+    );
+    assert!(net.a.alarms.is_empty() && net.b.alarms.is_empty());
+    // Reads in round 2 of array round 0 return the payloads.
+    net.run(at(1, 0), at(2, 10));
+    let got = net.read(at(2, 20), &alice, 2, &[40, 5], 9);
+    assert_eq!(got[0], wb.payload);
+    assert_eq!(got[1], wa.payload);
+}
+
+#[test]
+fn reads_are_refused_until_final_and_must_name_the_lagged_round() {
+    let p = params();
+    let mut net = Net::new();
+    let c = TestClient::new(3);
+    net.register(&c);
+    net.run(at(0, 0), at(1, 0));
+    // Round 2 reads array 0; in round 1 there is no array round yet (1 - 2 < 0).
+    let (mut qa, _) = c.read(&p, 2, &[1], 1);
+    qa.round = 1;
+    let e = net
+        .a
+        .m
+        .handle_read(at(1, 10), &qa)
+        .expect_err("wrong round");
+    assert_eq!(e.code, ErrorCode::WrongRound);
+    net.run(at(1, 50), at(2, 0));
+    let (qa, _) = c.read(&p, 2, &[1], 1);
+    net.a
+        .m
+        .handle_read(at(2, 10), &qa)
+        .expect("array 0 is final (empty round published)");
+    // An identical retry is answered again; a different second read is refused.
+    net.a
+        .m
+        .handle_read(at(2, 15), &qa)
+        .expect("identical retry");
+    let (qa2, _) = c.read(&p, 2, &[2], 2);
+    let e = net
+        .a
+        .m
+        .handle_read(at(2, 20), &qa2)
+        .expect_err("second read in the round");
+    assert_eq!(e.code, ErrorCode::Duplicate);
+}
+
+#[test]
+fn duplicate_writes_and_bad_writes_are_rejected() {
+    let p = params();
+    let mut net = Net::new();
+    let c = TestClient::new(4);
+    net.register(&c);
+    let w1 = c.write(&p, 0, id(1), 3, &payload(&p, 1), 1);
+    let w2 = c.write(&p, 0, id(2), 4, &payload(&p, 2), 2);
+    let (first, _) = net.write(at(0, 60), &w1);
+    // An identical retry (answer lost) gets the same receipt and changes nothing.
+    let (again, actions) = net
+        .a
+        .m
+        .handle_write(at(0, 61), w1.a.clone())
+        .expect("identical retry");
+    assert_eq!(again, first);
+    assert!(actions.is_empty());
+    let e = net
+        .a
+        .m
+        .handle_write(at(0, 61), w2.a.clone())
+        .expect_err("second write");
+    assert_eq!(e.code, ErrorCode::Duplicate);
+    let mut same_id = w2.a.clone();
+    same_id.request_id = w1.a.request_id;
+    let e = net
+        .a
+        .m
+        .handle_write(at(0, 61), same_id)
+        .expect_err("another write under the same id");
+    assert_eq!(e.code, ErrorCode::Duplicate);
+    // Too late, wrong round, unknown account, bad signature, tampered key.
+    let d = TestClient::new(5);
+    let wd = d.write(&p, 0, id(3), 3, &payload(&p, 3), 3);
+    assert_eq!(
+        net.a
+            .m
+            .handle_write(at(0, 61), wd.a.clone())
+            .expect_err("unknown")
+            .code,
+        ErrorCode::UnknownAccount
+    );
+    net.register(&d);
+    assert_eq!(
+        net.a
+            .m
+            .handle_write(at(0, 300), wd.a.clone())
+            .expect_err("late")
+            .code,
+        ErrorCode::TooLate
+    );
+    assert_eq!(
+        net.a
+            .m
+            .handle_write(at(1, 10), wd.a.clone())
+            .expect_err("round")
+            .code,
+        ErrorCode::WrongRound
+    );
+    let mut bad = wd.a.clone();
+    bad.signature[0] ^= 1;
+    assert_eq!(
+        net.a.m.handle_write(at(0, 62), bad).expect_err("sig").code,
+        ErrorCode::BadSignature
+    );
+    let mut bad = wd.a.clone();
+    bad.key.pop();
+    assert_eq!(
+        net.a.m.handle_write(at(0, 62), bad).expect_err("len").code,
+        ErrorCode::BadKey
+    );
+    let mut bad = wd.a.clone();
+    bad.fingerprint[0] ^= 1;
+    assert_eq!(
+        net.a.m.handle_write(at(0, 62), bad).expect_err("fp").code,
+        ErrorCode::ParamsMismatch
+    );
+    // A commit with our own receipt (not the peer's) is refused; a forged one too.
+    let (ra, rb) = (
+        net.a
+            .m
+            .handle_write(at(0, 63), wd.a.clone())
+            .expect("write")
+            .0,
+        net.b
+            .m
+            .handle_write(at(0, 63), wd.b.clone())
+            .expect("write")
+            .0,
+    );
+    let own = CommitRequest {
+        fingerprint: p.fingerprint(),
+        peer_receipt: ra.clone(),
+    };
+    assert_eq!(
+        net.a
+            .m
+            .handle_commit(at(0, 64), &own)
+            .expect_err("own")
+            .code,
+        ErrorCode::BadReceipt
+    );
+    let mut forged = rb.clone();
+    forged.half_hash[0] ^= 1;
+    let req = CommitRequest {
+        fingerprint: p.fingerprint(),
+        peer_receipt: forged,
+    };
+    assert_eq!(
+        net.a
+            .m
+            .handle_commit(at(0, 64), &req)
+            .expect_err("forged")
+            .code,
+        ErrorCode::BadReceipt
+    );
+    let ok = CommitRequest {
+        fingerprint: p.fingerprint(),
+        peer_receipt: rb,
+    };
+    net.a.m.handle_commit(at(0, 64), &ok).expect("commit");
+    net.a
+        .m
+        .handle_commit(at(0, 65), &ok)
+        .expect("same commit again is idempotent");
+    assert_eq!(
+        net.a
+            .m
+            .handle_commit(at(0, 500), &ok)
+            .expect_err("after cutoff")
+            .code,
+        ErrorCode::TooLate
+    );
+}
+
+#[test]
+fn one_sided_writes_are_dropped_without_abandoning() {
+    let p = params();
+    let mut net = Net::new();
+    let honest = TestClient::new(10);
+    net.register(&honest);
+    let wh = honest.write(&p, 0, id(100), 7, &payload(&p, 7), 7);
+    net.write_and_commit(at(0, 60), &wh);
+    for i in 0..20u8 {
+        let c = TestClient::new(20 + i);
+        net.register(&c);
+        let w = c.write(&p, 0, id(i), u64::from(i), &payload(&p, i), i);
+        let (ra, rb) = net.write(at(0, 60), &w);
+        match i % 3 {
+            0 => {}                                  // written, never committed
+            1 => net.commit(at(0, 70), Role::A, rb), // committed at A only
+            _ => net.commit(at(0, 70), Role::B, ra), // committed at B only
+        }
+        if i % 5 == 0 {
+            // Written to one server only.
+            let c2 = TestClient::new(100 + i);
+            net.register(&c2);
+            let w2 = c2.write(&p, 0, id(200 + i), 1, &payload(&p, 9), i);
+            let (_, a) = net.a.m.handle_write(at(0, 80), w2.a).expect("one half");
+            net.a.apply(at(0, 80), a);
+        }
+    }
+    net.run(at(0, 100), at(0, 950));
+    let pa = published(&net.a, 0);
+    assert_eq!(pa.accepted, vec![id(100)]);
+    assert_eq!(pa, published(&net.b, 0));
+    let m = net.a.m.published_array(0).expect("array");
+    let l = p.slot_len as usize;
+    assert_eq!(&m[7 * l..8 * l], wh.payload.as_slice());
+    assert_eq!(
+        m.iter().filter(|b| **b != 0).count(),
+        wh.payload.iter().filter(|b| **b != 0).count()
+    );
+    assert!(net.a.alarms.is_empty() && net.b.alarms.is_empty() && net.a.abandoned.is_empty());
+}
+
+#[test]
+fn a_peer_that_omits_a_committed_write_is_caught() {
+    let p = params();
+    let mut net = Net::new();
+    let c = TestClient::new(11);
+    net.register(&c);
+    let w = c.write(&p, 0, id(1), 2, &payload(&p, 1), 1);
+    let (ra_receipt, _) = net.write(at(0, 60), &w);
+    // The client commits at B with A's receipt; B holds proof that A received the write.
+    net.commit(at(0, 70), Role::B, ra_receipt.clone());
+    // A lies in its SETS message: it omits the write from its received set.
+    net.tamper = Some(Box::new(|from, m| {
+        if let (Role::A, PeerMessage::Sets(s)) = (from, m) {
+            s.received.clear();
+        }
+        true
+    }));
+    net.run(at(0, 100), at(0, 950));
+    assert!(
+        net.b.abandoned.iter().any(|(r, reason)| *r == 0
+            && *reason
+                == AbandonReason::PeerOmittedWrite {
+                    evidence: ra_receipt.clone()
+                }),
+        "B abandons with A's receipt as evidence: {:?}",
+        net.b.abandoned
+    );
+    assert!(!net.b.alarms.is_empty(), "B raises an alarm");
+    assert!(matches!(
+        net.a.m.status(0),
+        RoundStatus::Abandoned(AbandonReason::PeerAbandoned)
+    ));
+    assert!(net.a.published.is_empty() && net.b.published.is_empty());
+}
+
+#[test]
+fn differing_array_hashes_abandon_the_round_and_reads_get_zeros() {
+    let p = params();
+    let mut net = Net::new();
+    let c = TestClient::new(12);
+    net.register(&c);
+    let w = c.write(&p, 0, id(1), 2, &payload(&p, 1), 1);
+    net.write_and_commit(at(0, 60), &w);
+    net.tamper = Some(Box::new(|from, m| {
+        if let (Role::B, PeerMessage::Shares(s)) = (from, m) {
+            s.data[0] ^= 0xff;
+        }
+        true
+    }));
+    net.run(at(0, 100), at(0, 950));
+    for n in [&net.a, &net.b] {
+        assert!(
+            matches!(
+                n.m.status(0),
+                RoundStatus::Abandoned(AbandonReason::HashMismatch)
+            ),
+            "{:?}",
+            n.m.status(0)
+        );
+    }
+    net.run(at(1, 0), at(2, 10));
+    let got = net.read(at(2, 20), &c, 2, &[2], 3);
+    assert!(
+        got.iter().all(|a| a.iter().all(|b| *b == 0)),
+        "abandoned rounds read as zeros"
+    );
+}
+
+#[test]
+fn a_malformed_key_pair_fails_the_audit_and_changes_nothing() {
+    let p = params();
+    let mut net = Net::new();
+    let honest = TestClient::new(13);
+    let cheat = TestClient::new(14);
+    net.register(&honest);
+    net.register(&cheat);
+    let wh = honest.write(&p, 0, id(1), 9, &payload(&p, 0x11), 1);
+    // Halves of two different key pairs (different payload and slot), each signed correctly.
+    let mut rng = dpf::SeededRandom::new([77; 32]);
+    let (k1a, _k1b) =
+        dpf::WriteKey::r#gen(p.domain_bits, 32, 20, &payload(&p, 0x22), &mut rng).expect("gen");
+    let (_k2a, k2b) =
+        dpf::WriteKey::r#gen(p.domain_bits, 32, 30, &payload(&p, 0x33), &mut rng).expect("gen");
+    let wc = cheat.write_from_keys(&p, 0, id(2), &k1a, &k2b, 20, &payload(&p, 0x22));
+    net.write_and_commit(at(0, 60), &wh);
+    net.write_and_commit(at(0, 61), &wc);
+    net.run(at(0, 100), at(0, 950));
+    let pa = published(&net.a, 0);
+    assert_eq!(pa, published(&net.b, 0));
+    assert_eq!(
+        pa.accepted,
+        vec![id(1)],
+        "the malformed write is not accepted"
+    );
+    let m = net.a.m.published_array(0).expect("array");
+    let l = p.slot_len as usize;
+    assert_eq!(&m[9 * l..10 * l], wh.payload.as_slice());
+    let nonzero_slots = (0..64)
+        .filter(|s| m[s * l..(s + 1) * l].iter().any(|b| *b != 0))
+        .count();
+    assert_eq!(nonzero_slots, 1, "only the honest slot is written");
+    assert!(net.a.alarms.iter().any(|a| a.contains("failed the audit")));
+}
+
+#[test]
+fn peer_loss_abandons_at_the_deadline_and_recovers_next_round() {
+    let p = params();
+    let mut net = Net::new();
+    let c = TestClient::new(15);
+    net.register(&c);
+    let w = c.write(&p, 0, id(1), 2, &payload(&p, 1), 1);
+    net.write_and_commit(at(0, 60), &w);
+    // B is unreachable for all of round 0's closing.
+    net.tamper = Some(Box::new(|_, _| false));
+    net.run(at(0, 100), at(1, 750));
+    assert_eq!(
+        net.a.m.status(0),
+        RoundStatus::Pending,
+        "still pending before the deadline"
+    );
+    net.tick(at(1, 800));
+    assert!(matches!(
+        net.a.m.status(0),
+        RoundStatus::Abandoned(AbandonReason::DeadlineMissed)
+    ));
+    assert!(matches!(net.b.m.status(0), RoundStatus::Abandoned(_)));
+    // The link comes back: late messages for the abandoned round are acknowledged and ignored,
+    // and round 2 closes normally.
+    net.redeliver_held(at(1, 850));
+    assert!(matches!(net.a.m.status(0), RoundStatus::Abandoned(_)));
+    let w2 = c.write(&p, 2, id(2), 3, &payload(&p, 2), 2);
+    net.write_and_commit(at(2, 60), &w2);
+    net.run(at(2, 100), at(2, 950));
+    assert_eq!(published(&net.a, 2).accepted, vec![id(2)]);
+}
+
+#[test]
+fn a_restart_at_every_step_still_publishes_the_same_round() {
+    let p = params();
+    // Reference run without restarts.
+    let reference = {
+        let mut net = Net::new();
+        let c = TestClient::new(16);
+        net.register(&c);
+        net.write_and_commit(at(0, 60), &c.write(&p, 0, id(1), 2, &payload(&p, 1), 1));
+        net.run(at(0, 100), at(0, 950));
+        published(&net.a, 0).array_hash
+    };
+    // Restart each server at each 50 ms step of the round's life, with messages in flight lost.
+    for who in [Role::A, Role::B] {
+        // Everything of the close happens in the tick at CUTOFF (step 8): there, crash after
+        // every possible number of delivered messages.
+        let cases =
+            (0..19u64).flat_map(|s| (0..if s == 8 { 12usize } else { 2 }).map(move |d| (s, d)));
+        for (step, delivered) in cases {
+            let mut net = Net::new();
+            let c = TestClient::new(16);
+            net.register(&c);
+            net.write_and_commit(at(0, 60), &c.write(&p, 0, id(1), 2, &payload(&p, 1), 1));
+            let crash_at = at(0, 100 + step * 50);
+            net.run(at(0, 100), crash_at - 50);
+            // At crash_at both servers act, then only `delivered` messages get through before
+            // `who` crashes: everything it had not yet delivered is lost with it.
+            for r in [Role::A, Role::B] {
+                let n = net.node(r);
+                let actions = n.m.tick(crash_at);
+                n.apply(crash_at, actions);
+            }
+            net.pump_limited(crash_at, delivered);
+            let n = net.node(who);
+            n.outbox.clear();
+            n.restart(crash_at + 1, 40 + step as u8);
+            net.pump(crash_at + 1);
+            net.run(crash_at + 50, at(1, 700));
+            let pa = published(&net.a, 0);
+            assert_eq!(
+                pa,
+                published(&net.b, 0),
+                "restart of {who} at step {step} after {delivered} messages"
+            );
+            assert_eq!(
+                pa.array_hash, reference,
+                "restart of {who} at step {step} after {delivered} messages"
+            );
+            assert!(
+                net.a.alarms.is_empty() && net.b.alarms.is_empty(),
+                "{who} {step}: {:?} {:?}",
+                net.a.alarms,
+                net.b.alarms
+            );
+        }
+    }
+}
+
+#[test]
+fn restart_keeps_accounts_writes_and_duplicate_detection() {
+    let p = params();
+    let mut net = Net::new();
+    let c = TestClient::new(17);
+    net.register(&c);
+    let w = c.write(&p, 0, id(1), 2, &payload(&p, 1), 1);
+    net.write(at(0, 60), &w);
+    net.a.restart(at(0, 70), 9);
+    assert_eq!(net.a.m.account_count(), 1);
+    let w2 = c.write(&p, 0, id(2), 3, &payload(&p, 2), 2);
+    assert_eq!(
+        net.a.m.handle_write(at(0, 80), w2.a).expect_err("dup").code,
+        ErrorCode::Duplicate
+    );
+}
+
+#[test]
+fn a_corrupted_record_abandons_its_round_instead_of_using_it() {
+    let p = params();
+    let mut net = Net::new();
+    let c = TestClient::new(18);
+    net.register(&c);
+    net.write_and_commit(at(0, 60), &c.write(&p, 0, id(1), 2, &payload(&p, 1), 1));
+    net.run(at(0, 100), at(0, 200));
+    // Simulate a record that failed its checksum: the shell reports it via restore_corrupt.
+    net.a.m = Machine::new(net.a.cfg.clone(), rng(3));
+    for (k, v) in net.a.disk.clone() {
+        if k.name.starts_with("write-") {
+            net.a.m.restore_corrupt(k.round);
+        } else {
+            net.a.m.restore(&k, &v).expect("restore");
+        }
+    }
+    let actions = net.a.m.resume(at(0, 210));
+    net.a.apply(at(0, 210), actions);
+    net.pump(at(0, 210));
+    assert!(matches!(
+        net.a.m.status(0),
+        RoundStatus::Abandoned(AbandonReason::LocalStateLost)
+    ));
+    net.run(at(0, 250), at(0, 950));
+    assert!(
+        matches!(net.b.m.status(0), RoundStatus::Abandoned(_)),
+        "B follows"
+    );
+}
+
+#[test]
+fn admission_keeps_max_writers_chosen_identically() {
+    let mut p = params();
+    p.max_writers = 3;
+    let ka = signing_key_from_bytes(&[0xa0; 32]);
+    let kb = signing_key_from_bytes(&[0xb0; 32]);
+    let mut net = Net {
+        a: Node::new(machine_cfg(Role::A, p, &ka, &kb), 1),
+        b: Node::new(machine_cfg(Role::B, p, &kb, &ka), 2),
+        tamper: None,
+        held: Vec::new(),
+    };
+    let fp = p.fingerprint();
+    for i in 0..8u8 {
+        let c = TestClient::new(50 + i);
+        for n in [&mut net.a, &mut net.b] {
+            let (_, a) = n.m.handle_register(T0, &c.register(&p)).expect("register");
+            n.apply(T0, a);
+        }
+        let w = c.write(&p, 0, id(i), u64::from(i), &payload(&p, i), i);
+        let (ra, _) = net.a.m.handle_write(at(0, 60), w.a.clone()).expect("a");
+        let (rb, _) = net.b.m.handle_write(at(0, 60), w.b.clone()).expect("b");
+        net.a
+            .m
+            .handle_commit(
+                at(0, 61),
+                &CommitRequest {
+                    fingerprint: fp,
+                    peer_receipt: rb,
+                },
+            )
+            .expect("ca");
+        net.b
+            .m
+            .handle_commit(
+                at(0, 61),
+                &CommitRequest {
+                    fingerprint: fp,
+                    peer_receipt: ra,
+                },
+            )
+            .expect("cb");
+    }
+    net.run(at(0, 100), at(0, 950));
+    let pa = published(&net.a, 0);
+    assert_eq!(pa.accepted.len(), 3);
+    assert_eq!(pa, published(&net.b, 0));
+    let m = net.a.m.published_array(0).expect("array");
+    let nonzero = (0..64)
+        .filter(|s| m[s * 32..(s + 1) * 32].iter().any(|b| *b != 0))
+        .count();
+    assert_eq!(nonzero, 3, "exactly the admitted writes are applied");
+    let _ = Arc::strong_count(&m);
+}
+
+#[test]
+fn equivocating_peer_messages_abandon() {
+    let p = params();
+    let mut net = Net::new();
+    let _ = p;
+    net.run(at(0, 100), at(0, 450));
+    // A forged SETS message "from A" arrives first; A's real one follows at CUTOFF.
+    let fake = SetsMessage {
+        round: 0,
+        from: Role::A,
+        nonce: [9; 32],
+        received: vec![],
+        committed: vec![],
+    };
+    let (_, actions) = net
+        .b
+        .m
+        .handle_peer(at(0, 460), PeerMessage::Sets(fake))
+        .expect("ack");
+    net.b.apply(at(0, 460), actions);
+    net.run(at(0, 500), at(0, 600));
+    assert!(matches!(
+        net.b.m.status(0),
+        RoundStatus::Abandoned(AbandonReason::PeerEquivocated)
+    ));
+    // A message claiming the wrong sender role is refused.
+    let wrong = SetsMessage {
+        round: 0,
+        from: Role::B,
+        nonce: [0; 32],
+        received: vec![],
+        committed: vec![],
+    };
+    assert_eq!(
+        net.b
+            .m
+            .handle_peer(at(0, 520), PeerMessage::Sets(wrong))
+            .expect_err("role")
+            .code,
+        ErrorCode::Malformed
+    );
+}
+
+#[test]
+fn rounds_are_pruned_to_lag_plus_two() {
+    let mut net = Net::new();
+    net.run(at(0, 0), at(6, 0));
+    assert_eq!(net.a.m.status(2), RoundStatus::Forgotten);
+    assert!(matches!(net.a.m.status(3), RoundStatus::Published(_)));
+    assert!(net.a.disk.keys().all(|k| k.round.is_none_or(|r| r >= 3)));
+}
+
+#[test]
+fn registration_policy_invites_and_rate_limit() {
+    let p = params();
+    let ka = signing_key_from_bytes(&[0xa0; 32]);
+    let kb = signing_key_from_bytes(&[0xb0; 32]);
+    let mut cfg = machine_cfg(Role::A, p, &ka, &kb);
+    cfg.registration = Registration::Invite {
+        tokens: vec!["tok-1".into()],
+    };
+    cfg.registrations_per_minute = 1;
+    let mut m = Machine::new(cfg, rng(1));
+    let c1 = TestClient::new(60);
+    let c2 = TestClient::new(61);
+    assert_eq!(
+        m.handle_register(T0, &c1.register(&p))
+            .expect_err("no token")
+            .code,
+        ErrorCode::RegistrationRefused
+    );
+    assert_eq!(
+        m.handle_register(T0, &c1.register_with(&p, b"nope"))
+            .expect_err("bad")
+            .code,
+        ErrorCode::RegistrationRefused
+    );
+    let (r, _) = m
+        .handle_register(T0, &c1.register_with(&p, b"tok-1"))
+        .expect("ok");
+    assert!(!r.already_registered);
+    let (r, _) = m
+        .handle_register(T0, &c1.register_with(&p, b"tok-1"))
+        .expect("again");
+    assert!(r.already_registered);
+    assert_eq!(
+        m.handle_register(T0, &c2.register_with(&p, b"tok-1"))
+            .expect_err("used")
+            .code,
+        ErrorCode::RegistrationRefused
+    );
+    let mut bad = c2.register(&p);
+    bad.signature[1] ^= 1;
+    assert_eq!(
+        m.handle_register(T0, &bad).expect_err("sig").code,
+        ErrorCode::BadSignature
+    );
+    // Rate limit on an open server.
+    let mut cfg = machine_cfg(Role::A, p, &ka, &kb);
+    cfg.registrations_per_minute = 2;
+    let mut m = Machine::new(cfg, rng(1));
+    for i in 0..2 {
+        m.handle_register(T0, &TestClient::new(70 + i).register(&p))
+            .expect("ok");
+    }
+    assert_eq!(
+        m.handle_register(T0, &TestClient::new(80).register(&p))
+            .expect_err("rl")
+            .code,
+        ErrorCode::RateLimited
+    );
+    m.handle_register(T0 + 60_000, &TestClient::new(80).register(&p))
+        .expect("next minute");
+}
