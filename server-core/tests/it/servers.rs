@@ -33,12 +33,13 @@ fn test_params(t0: u64) -> Params {
         domain_bits: 8,
         slot_len: 64,
         reads_per_round: 2,
-        round_ms: 700,
+        // Wide phases: a loaded 2-core CI machine runs debug builds with TLS handshakes.
+        round_ms: 1500,
         t0_ms: t0,
         send_offset_ms: 20,
-        write_close_ms: 250,
-        cutoff_ms: 350,
-        publish_deadline_ms: 1300,
+        write_close_ms: 900,
+        cutoff_ms: 1000,
+        publish_deadline_ms: 2900,
         read_lag: 2,
         c_max: 2,
         write_channels: 2,
@@ -174,6 +175,17 @@ macro_rules! call {
     }};
 }
 
+/// The first round whose write phase starts at least 50 ms from now, so a test's writes are
+/// never late however long the setup took.
+fn next_round(p: &Params) -> u64 {
+    let now = now_ms();
+    let mut r = p.round_at(now).unwrap_or(0);
+    while p.at_offset_ms(r, p.send_offset_ms) < now + 50 {
+        r += 1;
+    }
+    r.max(1)
+}
+
 async fn sleep_until(t: u64) {
     let now = now_ms();
     if t > now {
@@ -289,7 +301,7 @@ async fn delivery_half_writes_and_duplicates_over_tls() {
         (Role::A, p, p.fingerprint())
     );
 
-    let r = 1;
+    let r = next_round(&p);
     sleep_until(p.at_offset_ms(r, p.send_offset_ms)).await;
     let wa = alice.write(&p, r, [1; 16], 17, &payload(&p, 0xa1), 1);
     write(&pair, &wa, true, true).await;
@@ -397,7 +409,7 @@ async fn a_malformed_key_pair_is_rejected_by_the_audit_over_tls() {
     .expect_err("no token");
     assert_eq!((status, e.code), (403, ErrorCode::RegistrationRefused));
 
-    let r = 1;
+    let r = next_round(&p);
     sleep_until(p.at_offset_ms(r, p.send_offset_ms)).await;
     let wh = honest.write(&p, r, [1; 16], 5, &payload(&p, 0x55), 1);
     write(&pair, &wh, true, true).await;
@@ -440,7 +452,7 @@ async fn a_restarted_server_recovers_and_the_peer_port_requires_the_pinned_cert(
     let p = pair.p;
     let alice = TestClient::new(31);
     register_both(&pair, &alice).await;
-    let r = 1;
+    let r = next_round(&p);
     sleep_until(p.at_offset_ms(r, p.send_offset_ms)).await;
     let w = alice.write(&p, r, [7; 16], 33, &payload(&p, 0x31), 1);
     write(&pair, &w, true, true).await;
@@ -488,7 +500,7 @@ async fn peer_loss_abandons_the_round_on_both_and_reads_get_zeros() {
     let p = pair.p;
     let alice = TestClient::new(41);
     register_both(&pair, &alice).await;
-    let r = 1;
+    let r = next_round(&p);
     sleep_until(p.at_offset_ms(r, p.send_offset_ms)).await;
     let w = alice.write(&p, r, [9; 16], 44, &payload(&p, 0x41), 1);
     write(&pair, &w, true, true).await;
