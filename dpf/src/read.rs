@@ -5,6 +5,7 @@ use zeroize::Zeroize;
 use crate::codec::{self, KIND_READ, LEVEL_LEN, Reader};
 use crate::prg::{Domain, Hash};
 use crate::rng::RandomSource;
+use crate::simd;
 use crate::tree::{self, Scratch, Tree, mask};
 use crate::{DecodeError, Error, Party, check_domain};
 
@@ -180,6 +181,8 @@ pub fn pir_answer(db: &[u8], row_len: usize, keys: &[&ReadKey], party: Party) ->
     let rows = (db.len() / row_len) as u64;
     let mut s = Scratch::default();
     let mut sel: Vec<Vec<u128>> = vec![Vec::new(); keys.len()];
+    let mut masks: Vec<u8> = Vec::new();
+    let stride = simd::mask_stride(keys.len());
     let mut r0 = 0u64;
     while r0 < rows {
         let r1 = (r0 + PIR_CHUNK_ROWS).min(rows);
@@ -191,20 +194,58 @@ pub fn pir_answer(db: &[u8], row_len: usize, keys: &[&ReadKey], party: Party) ->
             }
             sel[k].resize((b1 - b0 + 1) as usize, 0);
         }
-        for r in r0..r1 {
-            let row = &db[(r as usize) * row_len..(r as usize + 1) * row_len];
-            let (blk, bit) = (((r >> LEAF_BITS) - b0) as usize, r & 127);
-            for (a, sk) in acc.iter_mut().zip(&sel) {
-                let m = 0u8.wrapping_sub(((sk[blk] >> bit) & 1) as u8);
-                for (x, y) in a.iter_mut().zip(row) {
-                    *x ^= y & m;
-                }
+        // One mask byte (0 or 0xff) per row and key, then one pass over the rows.
+        masks.clear();
+        masks.resize((r1 - r0) as usize * stride, 0);
+        for (k, sk) in sel.iter().enumerate() {
+            for (i, m) in masks.chunks_exact_mut(stride).enumerate() {
+                let r = r0 + i as u64;
+                let (blk, bit) = (((r >> LEAF_BITS) - b0) as usize, r & 127);
+                m[k] = 0u8.wrapping_sub(((sk[blk] >> bit) & 1) as u8);
             }
         }
+        let rows_bytes = &db[r0 as usize * row_len..r1 as usize * row_len];
+        simd::pir_rows(&mut acc, rows_bytes, row_len, &masks);
         r0 = r1;
     }
     for s in sel.iter_mut() {
         s.zeroize();
     }
+    masks.zeroize();
     acc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::{RandomSource, SeededRandom};
+
+    #[test]
+    fn pir_kernels_agree() {
+        let mut rng = SeededRandom::new([5; 32]);
+        for (rows, row_len, keys) in [
+            (300usize, 48usize, 3usize),
+            (1024, 256, 8),
+            (7, 16, 1),
+            (64, 1000, 5),
+        ] {
+            let mut db = vec![0u8; rows * row_len];
+            rng.fill(&mut db);
+            let mut masks = vec![0u8; rows * simd::mask_stride(keys)];
+            rng.fill(&mut masks);
+            for (i, m) in masks.iter_mut().enumerate() {
+                if i % simd::mask_stride(keys) >= keys {
+                    *m = 0;
+                }
+            }
+            for m in masks.iter_mut() {
+                *m = 0u8.wrapping_sub(*m & 1);
+            }
+            let mut fast = vec![vec![0u8; row_len]; keys];
+            let mut slow = fast.clone();
+            simd::pir_rows(&mut fast, &db, row_len, &masks);
+            simd::pir_rows_portable(&mut slow, &db, row_len, &masks);
+            assert_eq!(fast, slow);
+        }
+    }
 }

@@ -99,7 +99,7 @@ pub(crate) fn generate(depth: u32, path: u64, rng: &mut impl RandomSource) -> Ge
 #[derive(Default)]
 pub(crate) struct Scratch {
     pub nodes: Vec<u128>,
-    inp: Vec<u128>,
+    next: Vec<u128>,
     l: Vec<u128>,
     r: Vec<u128>,
 }
@@ -107,7 +107,7 @@ pub(crate) struct Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         self.nodes.zeroize();
-        self.inp.zeroize();
+        self.next.zeroize();
         self.l.zeroize();
         self.r.zeroize();
     }
@@ -119,41 +119,41 @@ impl Tree {
     }
 
     /// Leaves to `scratch.nodes`: the nodes of leaves `lo..hi` (`lo < hi <= 2^depth`) for the
-    /// party whose control bit at the root is `party`.
+    /// party whose control bit at the root is `party`. Works level by level so every hash call
+    /// has a whole level's worth of blocks in flight.
     pub(crate) fn expand(&self, party: u128, lo: u64, hi: u64, s: &mut Scratch) {
         debug_assert!(lo < hi && hi <= 1u64 << self.depth());
         let d = self.depth();
+        let salt = self.salt;
         s.nodes.clear();
         s.nodes.push(self.root | (party & 1));
         let (left, right) = (Hash::get(Domain::Left), Hash::get(Domain::Right));
-        // `s.nodes` holds the nodes start..=end of the current level.
+        // `s.nodes` holds the nodes `start..start + len` of the current level.
         let mut start = 0u64;
         for level in 0..d {
             let shift = d - level - 1;
             let (cs, ce) = (lo >> shift, (hi - 1) >> shift);
             let n = s.nodes.len();
-            s.inp.clear();
-            s.inp.extend(s.nodes.iter().map(|v| (v & !1) ^ self.salt));
             s.l.resize(n, 0);
             s.r.resize(n, 0);
-            left.hash(&s.inp, &mut s.l);
-            right.hash(&s.inp, &mut s.r);
+            left.hash_map(&s.nodes, |v| (v & !1) ^ salt, &mut s.l);
+            right.hash_map(&s.nodes, |v| (v & !1) ^ salt, &mut s.r);
             let cwl = self.cw[level as usize];
             let cwr = (cwl & !1) | u128::from(self.t_right[level as usize]);
-            // Children of parent i are 2(start + i) and 2(start + i) + 1; keep cs..=ce.
-            let first = 2 * start;
-            let keep_from = (cs - first) as usize;
-            let keep = (ce - cs + 1) as usize;
-            let mut next = std::mem::take(&mut s.inp);
-            next.clear();
-            for i in 0..n {
-                let m = mask(s.nodes[i]);
-                next.push(s.l[i] ^ (m & cwl));
-                next.push(s.r[i] ^ (m & cwr));
+            s.next.resize(2 * n, 0);
+            for (((c, v), l), r) in s.next.chunks_exact_mut(2).zip(&s.nodes).zip(&s.l).zip(&s.r) {
+                let m = mask(*v);
+                c[0] = l ^ (m & cwl);
+                c[1] = r ^ (m & cwr);
             }
-            next.drain(..keep_from);
-            next.truncate(keep);
-            s.inp = std::mem::replace(&mut s.nodes, next);
+            // Children of the parents start.. are 2 start..; keep cs..=ce.
+            let skip = (cs - 2 * start) as usize;
+            let keep = (ce - cs + 1) as usize;
+            if skip > 0 {
+                s.next.copy_within(skip..skip + keep, 0);
+            }
+            s.next.truncate(keep);
+            std::mem::swap(&mut s.nodes, &mut s.next);
             start = cs;
         }
     }

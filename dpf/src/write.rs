@@ -211,7 +211,13 @@ impl WriteKey {
     pub fn eval_range(&self, party: Party, lo: u64, hi: u64, out: &mut [u8]) {
         out.fill(0);
         let mut w = Worker::default();
-        w.accumulate(self, party, lo, hi, out, None);
+        let step = chunk_leaves(self.slot_len());
+        let mut at = lo;
+        for part in out.chunks_mut(step as usize * self.slot_len()) {
+            let end = (at + step).min(hi);
+            w.accumulate(self, party, at, end, part, None);
+            at = end;
+        }
     }
 
     /// This party's share of slot `x`.
@@ -282,25 +288,21 @@ impl Worker {
         let salt = key.tree.salt;
         key.tree.expand(party.bit(), lo, hi, &mut self.s);
         let nodes = &self.s.nodes;
-        self.pay.clear();
-        for v in nodes {
+        self.pay.resize(nodes.len() * blocks, 0);
+        for (p, v) in self.pay.chunks_exact_mut(blocks).zip(nodes) {
             let base = (v & !1) ^ salt;
-            self.pay.extend((0..blocks as u128).map(|j| base ^ j));
-        }
-        Hash::get(Domain::Payload).hash_in_place(&mut self.pay);
-        for ((slot, v), p) in out
-            .chunks_exact_mut(blocks * 16)
-            .zip(nodes)
-            .zip(self.pay.chunks_exact(blocks))
-        {
-            let m = mask(*v);
-            for ((dst, h), cw) in slot.chunks_exact_mut(16).zip(p).zip(&key.cw_out) {
-                let b = (h ^ (m & cw)).to_le_bytes();
-                for (d, s) in dst.iter_mut().zip(b) {
-                    *d ^= s;
-                }
+            for (j, x) in p.iter_mut().enumerate() {
+                *x = base ^ j as u128;
             }
         }
+        Hash::get(Domain::Payload).hash_in_place(&mut self.pay);
+        for (p, v) in self.pay.chunks_exact_mut(blocks).zip(nodes) {
+            let m = mask(*v);
+            for (x, cw) in p.iter_mut().zip(&key.cw_out) {
+                *x ^= m & cw;
+            }
+        }
+        xor_blocks_into(out, &self.pay);
         let Some(mac) = mac else { return 0 };
         self.plo.clear();
         self.plo.extend(
@@ -322,10 +324,19 @@ impl Worker {
     }
 }
 
+/// `out ^= blocks` (as little-endian bytes).
+fn xor_blocks_into(out: &mut [u8], blocks: &[u128]) {
+    for (d, b) in out.chunks_exact_mut(16).zip(blocks) {
+        let mut x = [0u8; 16];
+        x.copy_from_slice(d);
+        d.copy_from_slice(&(u128::from_le_bytes(x) ^ b).to_le_bytes());
+    }
+}
+
 /// Leaves per pass of the write kernels: the array chunk they cover stays in L2 while every
 /// key is applied to it.
 fn chunk_leaves(slot_len: usize) -> u64 {
-    ((256 << 10) / slot_len.max(1)).clamp(1, 4096) as u64
+    ((64 << 10) / slot_len.max(1)).clamp(1, 4096) as u64
 }
 
 fn run(

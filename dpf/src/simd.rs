@@ -1,0 +1,333 @@
+//! Hand-written x86-64 kernels (VAES + AVX-512 fixed-key hash, AVX-512 / AVX2 masked XOR), with
+//! run-time detection and the portable code of `prg.rs` and `read.rs` as the fallback.
+//!
+//! This is the only module of the crate with `unsafe` code: unaligned vector loads and stores
+//! within slice bounds checked by the loops, and calls to `#[target_feature]` functions after
+//! the features were detected at run time. `prg::tests::vaes_agrees_with_portable` and
+//! `read::tests::pir_kernels_agree` check that every kernel gives exactly the portable bytes.
+#![allow(unsafe_code)]
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use core::arch::x86_64::*;
+    use std::sync::OnceLock;
+
+    /// AES-128 round keys.
+    #[derive(Clone, Copy)]
+    pub(crate) struct RoundKeys([__m128i; 11]);
+
+    /// Whether the CPU has VAES with AVX-512 (checked once).
+    pub(crate) fn has_vaes512() -> bool {
+        static V: OnceLock<bool> = OnceLock::new();
+        *V.get_or_init(|| {
+            std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("vaes")
+                && std::is_x86_feature_detected!("aes")
+        })
+    }
+
+    pub(crate) fn has_avx2() -> bool {
+        static V: OnceLock<bool> = OnceLock::new();
+        *V.get_or_init(|| std::is_x86_feature_detected!("avx2"))
+    }
+
+    #[target_feature(enable = "aes,sse2")]
+    fn expand_step<const RCON: i32>(k: __m128i) -> __m128i {
+        let t = _mm_shuffle_epi32::<0xff>(_mm_aeskeygenassist_si128::<RCON>(k));
+        let mut k = k;
+        k = _mm_xor_si128(k, _mm_slli_si128::<4>(k));
+        k = _mm_xor_si128(k, _mm_slli_si128::<4>(k));
+        k = _mm_xor_si128(k, _mm_slli_si128::<4>(k));
+        _mm_xor_si128(k, t)
+    }
+
+    #[target_feature(enable = "aes,sse2")]
+    fn expand_key_ni(key: [u8; 16]) -> RoundKeys {
+        // SAFETY: `key` is 16 readable bytes; the load is unaligned.
+        let k0 = unsafe { _mm_loadu_si128(key.as_ptr().cast()) };
+        let k1 = expand_step::<0x01>(k0);
+        let k2 = expand_step::<0x02>(k1);
+        let k3 = expand_step::<0x04>(k2);
+        let k4 = expand_step::<0x08>(k3);
+        let k5 = expand_step::<0x10>(k4);
+        let k6 = expand_step::<0x20>(k5);
+        let k7 = expand_step::<0x40>(k6);
+        let k8 = expand_step::<0x80>(k7);
+        let k9 = expand_step::<0x1b>(k8);
+        let k10 = expand_step::<0x36>(k9);
+        RoundKeys([k0, k1, k2, k3, k4, k5, k6, k7, k8, k9, k10])
+    }
+
+    /// The AES-128 key schedule, if the CPU has VAES (the only user of these keys).
+    pub(crate) fn expand_key(key: [u8; 16]) -> Option<RoundKeys> {
+        if has_vaes512() {
+            // SAFETY: AES-NI is present (checked by `has_vaes512`).
+            Some(unsafe { expand_key_ni(key) })
+        } else {
+            None
+        }
+    }
+
+    /// In place: `x = AES(sigma(x)) ^ sigma(x)`, 16 blocks per iteration (4 registers of 4).
+    #[target_feature(enable = "avx512f,vaes,aes")]
+    fn mmo_vaes512(rk: &RoundKeys, x: &mut [u128]) {
+        let k: [__m512i; 11] = core::array::from_fn(|i| _mm512_broadcast_i32x4(rk.0[i]));
+        let hi = _mm512_set_epi64(-1, 0, -1, 0, -1, 0, -1, 0);
+        let sigma =
+            |v: __m512i| _mm512_xor_si512(_mm512_shuffle_epi32::<0x4E>(v), _mm512_and_si512(v, hi));
+        let mut chunks = x.chunks_exact_mut(16);
+        for c in &mut chunks {
+            let p = c.as_mut_ptr().cast::<__m512i>();
+            // SAFETY: `c` is 16 u128 = 4 x 64 bytes; loads are unaligned.
+            let y: [__m512i; 4] =
+                core::array::from_fn(|i| sigma(unsafe { _mm512_loadu_si512(p.add(i)) }));
+            let mut s = [
+                _mm512_xor_si512(y[0], k[0]),
+                _mm512_xor_si512(y[1], k[0]),
+                _mm512_xor_si512(y[2], k[0]),
+                _mm512_xor_si512(y[3], k[0]),
+            ];
+            for rk in &k[1..10] {
+                for b in s.iter_mut() {
+                    *b = _mm512_aesenc_epi128(*b, *rk);
+                }
+            }
+            for i in 0..4 {
+                let o = _mm512_xor_si512(_mm512_aesenclast_epi128(s[i], k[10]), y[i]);
+                // SAFETY: as above, within `c`.
+                unsafe { _mm512_storeu_si512(p.add(i), o) };
+            }
+        }
+        let rest = chunks.into_remainder();
+        let mut four = rest.chunks_exact_mut(4);
+        for c in &mut four {
+            let p = c.as_mut_ptr().cast::<__m512i>();
+            // SAFETY: `c` is 4 u128 = 64 bytes.
+            let y = sigma(unsafe { _mm512_loadu_si512(p) });
+            let mut s = _mm512_xor_si512(y, k[0]);
+            for rk in &k[1..10] {
+                s = _mm512_aesenc_epi128(s, *rk);
+            }
+            // SAFETY: as above.
+            unsafe {
+                _mm512_storeu_si512(p, _mm512_xor_si512(_mm512_aesenclast_epi128(s, k[10]), y))
+            };
+        }
+        for b in four.into_remainder() {
+            let p = (b as *mut u128).cast::<__m128i>();
+            // SAFETY: one u128 is 16 bytes.
+            let v = unsafe { _mm_loadu_si128(p) };
+            let y = _mm_xor_si128(
+                _mm_shuffle_epi32::<0x4E>(v),
+                _mm_and_si128(v, _mm_set_epi64x(-1, 0)),
+            );
+            let mut s = _mm_xor_si128(y, rk.0[0]);
+            for r in &rk.0[1..10] {
+                s = _mm_aesenc_si128(s, *r);
+            }
+            // SAFETY: as above.
+            unsafe { _mm_storeu_si128(p, _mm_xor_si128(_mm_aesenclast_si128(s, rk.0[10]), y)) };
+        }
+    }
+
+    #[target_feature(enable = "avx512f,vaes,aes")]
+    fn aes4(k: &[__m512i; 11], mut s: [__m512i; 4]) -> [__m512i; 4] {
+        for b in s.iter_mut() {
+            *b = _mm512_xor_si512(*b, k[0]);
+        }
+        for rk in &k[1..10] {
+            for b in s.iter_mut() {
+                *b = _mm512_aesenc_epi128(*b, *rk);
+            }
+        }
+        for b in s.iter_mut() {
+            *b = _mm512_aesenclast_epi128(*b, k[10]);
+        }
+        s
+    }
+
+    #[target_feature(enable = "aes,sse2")]
+    fn aes1(rk: &RoundKeys, b: __m128i) -> __m128i {
+        let mut s = _mm_xor_si128(b, rk.0[0]);
+        for r in &rk.0[1..10] {
+            s = _mm_aesenc_si128(s, *r);
+        }
+        _mm_aesenclast_si128(s, rk.0[10])
+    }
+
+    /// XOR over `i` of `AES(AES(lo[i]) ^ hi[i])`.
+    #[target_feature(enable = "avx512f,vaes,aes")]
+    fn cbc2_xor_sum_vaes512(rk: &RoundKeys, lo: &[u128], hi: &[u128]) -> u128 {
+        let k: [__m512i; 11] = core::array::from_fn(|i| _mm512_broadcast_i32x4(rk.0[i]));
+        let mut acc = _mm512_setzero_si512();
+        let n = lo.len().min(hi.len());
+        let full = n - n % 16;
+        for at in (0..full).step_by(16) {
+            let (l, h) = (&lo[at..at + 16], &hi[at..at + 16]);
+            let (pl, ph) = (l.as_ptr().cast::<__m512i>(), h.as_ptr().cast::<__m512i>());
+            // SAFETY: `l` and `h` are 16 u128 = 4 x 64 bytes each; unaligned loads.
+            let x: [__m512i; 4] =
+                core::array::from_fn(|i| unsafe { _mm512_loadu_si512(pl.add(i)) });
+            let s = aes4(&k, x);
+            // SAFETY: as above.
+            let y: [__m512i; 4] = core::array::from_fn(|i| {
+                _mm512_xor_si512(s[i], unsafe { _mm512_loadu_si512(ph.add(i)) })
+            });
+            for v in aes4(&k, y) {
+                acc = _mm512_xor_si512(acc, v);
+            }
+        }
+        let mut lanes = [0u128; 4];
+        // SAFETY: `lanes` is 64 writable bytes.
+        unsafe { _mm512_storeu_si512(lanes.as_mut_ptr().cast(), acc) };
+        let mut sum = lanes[0] ^ lanes[1] ^ lanes[2] ^ lanes[3];
+        for i in full..n {
+            // SAFETY: each is one 16-byte u128.
+            let l = unsafe { _mm_loadu_si128((&lo[i] as *const u128).cast()) };
+            let h = unsafe { _mm_loadu_si128((&hi[i] as *const u128).cast()) };
+            let v = aes1(rk, _mm_xor_si128(aes1(rk, l), h));
+            let mut out = 0u128;
+            // SAFETY: `out` is 16 writable bytes.
+            unsafe { _mm_storeu_si128((&mut out as *mut u128).cast(), v) };
+            sum ^= out;
+        }
+        sum
+    }
+
+    pub(crate) fn cbc2_xor_sum(rk: &RoundKeys, lo: &[u128], hi: &[u128]) -> u128 {
+        debug_assert!(has_vaes512());
+        // SAFETY: `RoundKeys` exist only when `has_vaes512()` held.
+        unsafe { cbc2_xor_sum_vaes512(rk, lo, hi) }
+    }
+
+    pub(crate) fn mmo(rk: &RoundKeys, x: &mut [u128]) {
+        debug_assert!(has_vaes512());
+        // SAFETY: `RoundKeys` exist only when `has_vaes512()` held.
+        unsafe { mmo_vaes512(rk, x) }
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn masked_xor_256(acc: &mut [u8], row: &[u8], m: u8) {
+        super::masked_xor_portable(acc, row, m)
+    }
+
+    /// Register-blocked PIR loop: for up to 8 keys at a time and one 64-byte column stripe at a
+    /// time, the 8 accumulators stay in registers while every row of the chunk streams past;
+    /// each row's stripe is loaded once and XORed into each accumulator under that key's mask
+    /// (an AVX-512 write mask, all or nothing, so no branch on the selection bits).
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn rows_512(acc: &mut [Vec<u8>], rows: &[u8], row_len: usize, masks: &[u8]) {
+        /// Rows per block: a block (a few KiB) stays in L1 while its stripes are processed,
+        /// and blocks are read from memory in order.
+        const BLOCK: usize = 32;
+        let k_count = acc.len();
+        let stride = super::mask_stride(k_count);
+        let n_rows = rows.len() / row_len;
+        for b0 in (0..n_rows).step_by(BLOCK) {
+            let b1 = (b0 + BLOCK).min(n_rows);
+            for g in (0..k_count).step_by(8) {
+                let kg = (k_count - g).min(8);
+                for s in (0..row_len).step_by(64) {
+                    let w = (row_len - s).min(64);
+                    let lanes: __mmask64 = if w == 64 { !0 } else { (1u64 << w) - 1 };
+                    let mut a = [_mm512_setzero_si512(); 8];
+                    for (k, ak) in a.iter_mut().enumerate().take(kg) {
+                        let src = &acc[g + k][s..s + w];
+                        // SAFETY: reads at most `w` bytes (lane mask) from a slice of `w` bytes.
+                        *ak = unsafe { _mm512_maskz_loadu_epi8(lanes, src.as_ptr().cast()) };
+                    }
+                    for r in b0..b1 {
+                        let row = &rows[r * row_len + s..r * row_len + s + w];
+                        // SAFETY: reads at most `w` bytes (lane mask) from a slice of `w` bytes.
+                        let v = unsafe { _mm512_maskz_loadu_epi8(lanes, row.as_ptr().cast()) };
+                        let at = r * stride + g;
+                        let mw = u64::from_le_bytes(masks[at..at + 8].try_into().unwrap_or([0; 8]));
+                        let m: [u8; 8] = core::array::from_fn(|k| (mw >> (8 * k)) as u8);
+                        a[0] = _mm512_mask_xor_epi64(a[0], m[0], a[0], v);
+                        a[1] = _mm512_mask_xor_epi64(a[1], m[1], a[1], v);
+                        a[2] = _mm512_mask_xor_epi64(a[2], m[2], a[2], v);
+                        a[3] = _mm512_mask_xor_epi64(a[3], m[3], a[3], v);
+                        a[4] = _mm512_mask_xor_epi64(a[4], m[4], a[4], v);
+                        a[5] = _mm512_mask_xor_epi64(a[5], m[5], a[5], v);
+                        a[6] = _mm512_mask_xor_epi64(a[6], m[6], a[6], v);
+                        a[7] = _mm512_mask_xor_epi64(a[7], m[7], a[7], v);
+                    }
+                    for (k, ak) in a.iter().enumerate().take(kg) {
+                        let dst = &mut acc[g + k][s..s + w];
+                        // SAFETY: writes at most `w` bytes (lane mask) into a slice of `w` bytes.
+                        unsafe { _mm512_mask_storeu_epi8(dst.as_mut_ptr().cast(), lanes, *ak) };
+                    }
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn rows_256(acc: &mut [Vec<u8>], rows: &[u8], row_len: usize, masks: &[u8]) {
+        super::rows_portable(acc, rows, row_len, masks, |a, r, m| masked_xor_256(a, r, m))
+    }
+
+    /// Dispatches the PIR row loop to the widest vector unit present.
+    pub(crate) fn rows(acc: &mut [Vec<u8>], rows: &[u8], row_len: usize, masks: &[u8]) -> bool {
+        if has_vaes512() && std::is_x86_feature_detected!("avx512bw") {
+            // SAFETY: features detected.
+            unsafe { rows_512(acc, rows, row_len, masks) };
+            true
+        } else if has_avx2() {
+            // SAFETY: feature detected.
+            unsafe { rows_256(acc, rows, row_len, masks) };
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) use x86::{RoundKeys, cbc2_xor_sum, expand_key, mmo};
+
+/// `acc ^= row & m` bytewise (`m` is 0 or 0xff).
+#[inline(always)]
+pub(crate) fn masked_xor_portable(acc: &mut [u8], row: &[u8], m: u8) {
+    for (a, r) in acc.iter_mut().zip(row) {
+        *a ^= r & m;
+    }
+}
+
+/// Mask bytes per row: the number of keys rounded up to 8 (the padding is zero).
+pub(crate) fn mask_stride(keys: usize) -> usize {
+    keys.next_multiple_of(8)
+}
+
+/// For each row `r` of `rows` and each accumulator `k`:
+/// `acc[k] ^= row_r & masks[r * mask_stride(K) + k]`.
+#[inline(always)]
+pub(crate) fn rows_portable(
+    acc: &mut [Vec<u8>],
+    rows: &[u8],
+    row_len: usize,
+    masks: &[u8],
+    xor: impl Fn(&mut [u8], &[u8], u8),
+) {
+    let stride = mask_stride(acc.len());
+    for (r, row) in rows.chunks_exact(row_len).enumerate() {
+        for (k, a) in acc.iter_mut().enumerate() {
+            xor(a, row, masks[r * stride + k]);
+        }
+    }
+}
+
+/// The PIR row loop on the best kernel for this CPU.
+pub(crate) fn pir_rows(acc: &mut [Vec<u8>], rows: &[u8], row_len: usize, masks: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if x86::rows(acc, rows, row_len, masks) {
+        return;
+    }
+    rows_portable(acc, rows, row_len, masks, masked_xor_portable)
+}
+
+/// The PIR row loop on the portable kernel (for tests).
+#[cfg(test)]
+pub(crate) fn pir_rows_portable(acc: &mut [Vec<u8>], rows: &[u8], row_len: usize, masks: &[u8]) {
+    rows_portable(acc, rows, row_len, masks, masked_xor_portable)
+}
