@@ -474,3 +474,28 @@ fn unhex(s: &str) -> Vec<u8> {
         .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("hex"))
         .collect()
 }
+
+#[test]
+fn every_truncated_prefix_and_extension_is_rejected() {
+    let mut rng = SeededRandom::new([11; 32]);
+    let (r, _) = ReadKey::r#gen(12, 3, &mut rng).expect("gen");
+    let (w, _) = WriteKey::r#gen(9, 48, 3, &[2; 48], &mut rng).expect("gen");
+    let (re, we) = (r.encode(), w.encode());
+    for n in 0..re.len() {
+        assert!(ReadKey::decode(&re[..n], 12).is_err(), "prefix {n}");
+    }
+    for n in 0..we.len() {
+        assert!(WriteKey::decode(&we[..n], 9, 48).is_err(), "prefix {n}");
+    }
+    let mut longer = we.clone();
+    longer.extend_from_slice(&[0; 100]);
+    assert!(WriteKey::decode(&longer, 9, 48).is_err());
+    // A header claiming a huge slot length is rejected before anything is allocated.
+    let mut huge = we.clone();
+    huge[3..7].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert!(matches!(
+        WriteKey::decode(&huge, 9, 48),
+        Err(DecodeError::SlotLen { .. })
+    ));
+    assert!(WriteKey::decode(&huge, 9, u32::MAX as usize).is_err());
+}
