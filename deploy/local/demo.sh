@@ -4,7 +4,12 @@
 # alice and bob, who exchange contact codes and messages through both servers.
 #
 #   bash deploy/local/demo.sh            # build, run, print what was delivered, stop
-#   KEEP=1 bash deploy/local/demo.sh     # leave the servers running afterwards
+#   KEEP=1 bash deploy/local/demo.sh     # leave servers and both clients' daemons running
+#
+# With KEEP=1, go on in another terminal, e.g.:
+#   target/debug/client --home demo-data/alice send bob "still there?"
+#   target/debug/client --home demo-data/bob inbox
+# and stop everything with: kill $(cat demo-data/pids)
 #
 # Everything lives under ./demo-data (recreated on each run). Ports: A 7101-7103, B 7201-7203.
 set -euo pipefail
@@ -71,7 +76,9 @@ echo "== sending"
 $client --home "$DATA/alice" send bob "Hello Bob, nobody can tell we are talking."
 $client --home "$DATA/alice" send bob "Second message from Alice."
 $client --home "$DATA/bob" send alice "Hi Alice! Neither server knows whose mailbox this is."
-expected=3
+long=$(for i in $(seq 1 12); do printf 'Part %02d of a long report that no single mailbox slot can hold, so it goes out over several rounds. ' "$i"; done)
+$client --home "$DATA/bob" send alice "$long"
+expected=4
 
 echo "== both clients take part in every round (one write and k reads to each server)"
 $client --home "$DATA/alice" run > "$DATA/alice.log" 2>&1 &
@@ -96,5 +103,19 @@ echo "== alice's inbox"
 $client --home "$DATA/alice" inbox
 echo "== alice's status"
 $client --home "$DATA/alice" status
+metrics() {
+  exec 3<>"/dev/tcp/127.0.0.1/$1"
+  printf 'GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n' >&3
+  grep -E '^mpm_(accounts|rounds_published_total|writes_accepted_total|commits_accepted_total|read_keys_answered_total|alarms_total)[{ ]' <&3 || true
+  exec 3>&-
+}
+echo "== what server A saw (only DPF key shares, counts and public hashes; no slot, no sender, no text)"
+metrics 7103 | sed 's/^/   /'
+echo "== what server B saw"
+metrics 7203 | sed 's/^/   /'
+if [ -n "${KEEP:-}" ]; then
+  printf '%s\n' "${pids[@]}" > "$DATA/pids"
+  echo "servers and client daemons keep running; stop them with: kill \$(cat demo-data/pids)"
+fi
 echo "delivered $got/$expected messages"
 [ "$got" -ge "$expected" ]
