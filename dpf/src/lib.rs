@@ -32,30 +32,36 @@
 //! the point, so for an honest pair `pi~_A = pi~_B` at every leaf: off the point the nodes are
 //! equal, on it the correction makes them equal.
 //!
-//! Each server then reduces its proofs to `P = XOR_x F_c(pi~^x)`, where `F_c` is two-block
-//! CBC-MAC under AES with key `c`, the challenge the servers draw together after every key of
-//! the round is fixed, and outputs `SHA-256("mpm-dpf/v1/audit" || P || public_hash(ctx))`.
-//! `public_hash` covers every public field of the half (version, domain, slot length, salt,
-//! every correction word and control correction, the output correction words, `cs`) and the
-//! caller's context, length-prefixed.
+//! Each server then reduces its proofs to `P = XOR_x F_c(x, pi~^x)`, where
+//! `F_c(x, lo, hi) = AES_c(AES_c(AES_c(x) ^ lo) ^ hi)` is a three-block CBC-MAC (a PRF on
+//! fixed-length inputs) under AES with key `c`, the challenge the servers draw together after
+//! every key of the round is fixed, and outputs
+//! `SHA-256("mpm-dpf/v1/audit" || P || public_hash(ctx))`. `public_hash` covers every public
+//! field of the half (version, domain, slot length, salt, every correction word and control
+//! correction, the output correction words, `cs`) and the caller's context, length-prefixed.
 //!
 //! Soundness, informally: equal audit values imply, except with negligible probability,
 //! (1) equal public parts and contexts (SHA-256 collision resistance), so both halves use the
-//! same correction words; and (2) `pi~_A^x = pi~_B^x` at every leaf: the client fixed its keys
-//! before `c` existed, so each leaf where the corrected proofs differ adds an independent
-//! pseudo-random 128-bit term to `P_A ^ P_B`, which cancels with probability `2^-128`.
-//! Then at most one leaf has `v_A != v_B`: where the nodes differ with equal control bits the
-//! proofs differ unless `H_proof` collides; where the control bits differ, the proofs agree
-//! only if `H_proof(u_A) ^ H_proof(u_B) = cs`, a 256-bit condition on hash outputs under a
-//! different tweak `x` at every leaf, which a client cannot meet at two leaves without a
-//! generalised-birthday search over 256-bit outputs (at least `2^85` work). Since the output
-//! of a leaf is a function of its node and the shared correction words, leaves with equal
-//! nodes have equal output shares: the pair XORs to zero on every slot but at most one. The
-//! node hashed includes the control bit, so a leaf whose seeds agree but whose control bits
-//! differ (which would apply the output correction to one side only) is caught too.
+//! same correction words; and (2) `pi~_A^x = pi~_B^x` at every leaf `x`. For (2): the MAC input
+//! includes the leaf index, so the inputs `(x, pi~_A^x)` and `(x, pi~_B^x)` of a leaf where
+//! the proofs differ appear nowhere else in either sum; the client fixed its keys before `c`
+//! existed, so `P_A ^ P_B` is then a XOR of PRF outputs on distinct inputs, zero with
+//! probability about `2^-128`. (An earlier version MACed only the proof and let a client swap
+//! equal proofs between two leaves; `write::tests::the_leaf_swap_forgery_is_rejected` keeps
+//! that forgery out.) From (2), at most one leaf has `v_A != v_B`: where the nodes differ with
+//! equal control bits the proofs differ unless `H_proof` collides; where the control bits
+//! differ, the proofs agree only if `H_proof(u_A) ^ H_proof(u_B) = cs`, a 256-bit condition on
+//! hash outputs at that leaf, which a client cannot meet at two leaves without a
+//! generalised-birthday search over 256-bit outputs (about `2^85` work; plausible, not proven
+//! here). Since a leaf's output is a function of its node and the shared correction words,
+//! leaves with equal nodes have equal output shares: the pair XORs to zero on every slot but at
+//! most one. The node hashed includes the control bit, so a leaf whose seeds agree but whose
+//! control bits differ (which would apply the output correction to one side only) is caught
+//! too.
 //!
-//! The audit adds two hash and two MAC blocks per leaf to the `slot_len / 16` payload blocks and
-//! about two tree blocks: for 256-byte slots about 22% more AES work.
+//! The audit adds two hash and two MAC blocks per leaf and key, plus one `AES_c(x)` per leaf
+//! shared by all keys, to the `slot_len / 16` payload blocks and about two tree blocks: for
+//! 256-byte slots about 22% more AES work.
 //!
 //! # Speed
 //!
@@ -74,7 +80,8 @@
 //! write every row or slot in order whatever the keys (the PIR kernel selects rows with
 //! AVX-512 write masks or byte masks, never a branch). The only data-dependent loop bounds are
 //! public (domain size, slot length, ranges). Secret seeds are wiped when keys and buffers are
-//! dropped.
+//! dropped or reallocated; key equality is constant-time. `encode` returns a plain `Vec` holding
+//! the root seed: callers that keep it should wipe it.
 
 mod codec;
 mod prg;

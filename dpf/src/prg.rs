@@ -17,6 +17,7 @@ use std::sync::OnceLock;
 use aes::Aes128;
 use aes::cipher::{Array, BlockCipherEncrypt, KeyInit};
 use sha2::{Digest, Sha256};
+use zeroize::Zeroize;
 
 use crate::simd;
 
@@ -123,6 +124,8 @@ impl Hash {
                 *o ^= u128::from_le_bytes(*b);
             }
         }
+        // The buffer held AES_k(sigma(seed ^ salt)) under a public key: invertible to seeds.
+        buf.zeroize();
     }
 
     /// In place: `x[i] = H(x[i])`.
@@ -145,6 +148,7 @@ impl Hash {
                 *v ^= u128::from_le_bytes(*b);
             }
         }
+        buf.zeroize();
     }
 }
 
@@ -162,6 +166,26 @@ impl Mac {
             cipher: Aes128::new(&Array::from(key)),
             #[cfg(target_arch = "x86_64")]
             vaes: simd::expand_key(key),
+        }
+    }
+
+    /// `out[i] = AES_c(first + i)`: the first block of the three-block CBC-MAC
+    /// `F_c(x, lo, hi) = AES_c(AES_c(AES_c(x) ^ lo) ^ hi)`, which binds each proof to its leaf
+    /// index `x`. It does not depend on the key, so one batch serves every key of a chunk.
+    pub(crate) fn leaf_tweaks(&self, first: u64, out: &mut [u128]) {
+        let mut buf = [[0u8; 16]; BATCH];
+        let mut x = first;
+        for oc in out.chunks_mut(BATCH) {
+            let buf = &mut buf[..oc.len()];
+            for b in buf.iter_mut() {
+                *b = u128::from(x).to_le_bytes();
+                x += 1;
+            }
+            self.cipher
+                .encrypt_blocks(Array::cast_slice_from_core_mut(buf));
+            for (o, b) in oc.iter_mut().zip(buf.iter()) {
+                *o = u128::from_le_bytes(*b);
+            }
         }
     }
 

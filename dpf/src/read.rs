@@ -14,7 +14,7 @@ pub const LEAF_BITS: u32 = 7;
 
 /// One party's half of a two-party DPF for the point function that is 1 at `alpha` and 0
 /// elsewhere over `2^n` points (bit outputs, XOR-shared). Used to select a PIR row.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct ReadKey {
     domain_bits: u32,
     tree: Tree,
@@ -126,8 +126,13 @@ impl ReadKey {
     }
 
     /// Output blocks `lo..hi` for `party`: bit `j` of block `i` is the share of point
-    /// `128 i + j`. Requires `lo < hi <= self.leaves()`.
+    /// `128 i + j`. Panics unless `lo < hi <= self.leaves()`.
     pub fn eval_blocks(&self, party: Party, lo: u64, hi: u64) -> Vec<u128> {
+        assert!(
+            lo < hi && hi <= self.leaves(),
+            "block range {lo}..{hi} outside the key's {} leaves",
+            self.leaves()
+        );
         let mut s = Scratch::default();
         let mut out = Vec::new();
         self.blocks_into(party, lo, hi, &mut s, &mut out);
@@ -139,8 +144,13 @@ impl ReadKey {
         self.eval_blocks(party, 0, self.leaves())
     }
 
-    /// This party's share of the output at point `x` (`x < 2^n`).
+    /// This party's share of the output at point `x`. Panics unless `x < 2^n`.
     pub fn eval_point(&self, party: Party, x: u64) -> bool {
+        assert!(
+            x >> self.domain_bits == 0,
+            "point {x} outside the domain of 2^{}",
+            self.domain_bits
+        );
         let b = self.eval_blocks(party, x >> LEAF_BITS, (x >> LEAF_BITS) + 1)[0];
         (b >> (x & 127)) & 1 == 1
     }
@@ -150,8 +160,15 @@ impl ReadKey {
         out.clear();
         out.extend(s.nodes.iter().map(|v| (v & !1) ^ self.tree.salt));
         Hash::get(Domain::Leaf).hash_in_place(out);
+        // Below 128 points the one leaf has bits past the domain: they are zero in every
+        // honest pair; clear them so a crafted key cannot select rows outside its domain.
+        let keep = if self.domain_bits < LEAF_BITS {
+            (1u128 << (1u32 << self.domain_bits)) - 1
+        } else {
+            !0
+        };
         for (o, v) in out.iter_mut().zip(&s.nodes) {
-            *o ^= mask(*v) & self.cw_out;
+            *o = (*o ^ (mask(*v) & self.cw_out)) & keep;
         }
     }
 }
@@ -215,10 +232,38 @@ pub fn pir_answer(db: &[u8], row_len: usize, keys: &[&ReadKey], party: Party) ->
     acc
 }
 
+/// Constant-time comparison of the whole key, secret root included.
+impl PartialEq for ReadKey {
+    fn eq(&self, other: &ReadKey) -> bool {
+        use subtle::ConstantTimeEq;
+        self.encode().ct_eq(&other.encode()).into()
+    }
+}
+
+impl Eq for ReadKey {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::rng::{RandomSource, SeededRandom};
+
+    #[test]
+    fn a_small_key_cannot_select_rows_past_its_domain() {
+        let mut rng = SeededRandom::new([6; 32]);
+        let (mut a, mut b) = ReadKey::r#gen(3, 5, &mut rng).expect("gen");
+        // A crafted output correction that would also select row 100 of a 128-row table.
+        a.cw_out ^= 1 << 100;
+        b.cw_out ^= 1 << 100;
+        let row = 16;
+        let mut db = vec![0u8; 128 * row];
+        rng.fill(&mut db);
+        let (x, y) = (
+            pir_answer(&db, row, &[&a], Party::A),
+            pir_answer(&db, row, &[&b], Party::B),
+        );
+        let got: Vec<u8> = x[0].iter().zip(&y[0]).map(|(p, q)| p ^ q).collect();
+        assert_eq!(got, &db[5 * row..6 * row]);
+    }
 
     #[test]
     fn pir_kernels_agree() {

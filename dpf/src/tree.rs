@@ -26,7 +26,7 @@ pub(crate) fn select(bit: u128, a: u128, b: u128) -> u128 {
 }
 
 /// The tree part of a key.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub(crate) struct Tree {
     /// Public per-key salt XORed into every hash input.
     pub salt: u128,
@@ -68,12 +68,12 @@ pub(crate) fn generate(depth: u32, path: u64, rng: &mut impl RandomSource) -> Ge
     let mut t_right = Vec::with_capacity(depth as usize);
     for level in 0..depth {
         let a = u128::from((path >> (depth - 1 - level)) & 1);
-        let inp = [(v[0] & !1) ^ salt, (v[1] & !1) ^ salt];
+        let mut inp = [(v[0] & !1) ^ salt, (v[1] & !1) ^ salt];
         let (mut l, mut r) = ([0u128; 2], [0u128; 2]);
         left.hash(&inp, &mut l);
         right.hash(&inp, &mut r);
         // Keep the child on the path, correct the other one to equality.
-        let lose = [select(a, l[0], r[0]), select(a, l[1], r[1])];
+        let mut lose = [select(a, l[0], r[0]), select(a, l[1], r[1])];
         let scw = (lose[0] ^ lose[1]) & !1;
         let tl = (l[0] ^ l[1] ^ a ^ 1) & 1;
         let tr = (r[0] ^ r[1] ^ a) & 1;
@@ -82,6 +82,10 @@ pub(crate) fn generate(depth: u32, path: u64, rng: &mut impl RandomSource) -> Ge
             let keep = select(a, r[p], l[p]);
             v[p] = keep ^ (mask(v[p]) & cw_keep);
         }
+        inp.zeroize();
+        lose.zeroize();
+        l.zeroize();
+        r.zeroize();
         cw.push(scw | tl);
         t_right.push(tr as u8);
     }
@@ -113,6 +117,18 @@ impl Drop for Scratch {
     }
 }
 
+/// Resizes `v` to `n` elements; when that needs a new allocation, the old one is wiped first
+/// (a plain `resize` would free it with seeds still in it).
+pub(crate) fn grow(v: &mut Vec<u128>, n: usize) {
+    if v.capacity() < n {
+        let mut new = Vec::with_capacity(n.max(2 * v.capacity()));
+        new.extend_from_slice(v);
+        v.zeroize();
+        *v = new;
+    }
+    v.resize(n, 0);
+}
+
 impl Tree {
     pub(crate) fn depth(&self) -> u32 {
         self.cw.len() as u32
@@ -122,11 +138,15 @@ impl Tree {
     /// party whose control bit at the root is `party`. Works level by level so every hash call
     /// has a whole level's worth of blocks in flight.
     pub(crate) fn expand(&self, party: u128, lo: u64, hi: u64, s: &mut Scratch) {
-        debug_assert!(lo < hi && hi <= 1u64 << self.depth());
+        assert!(
+            lo < hi && hi <= 1u64 << self.depth(),
+            "leaf range {lo}..{hi} outside the tree"
+        );
         let d = self.depth();
         let salt = self.salt;
         s.nodes.clear();
-        s.nodes.push(self.root | (party & 1));
+        grow(&mut s.nodes, 1);
+        s.nodes[0] = self.root | (party & 1);
         let (left, right) = (Hash::get(Domain::Left), Hash::get(Domain::Right));
         // `s.nodes` holds the nodes `start..start + len` of the current level.
         let mut start = 0u64;
@@ -134,13 +154,13 @@ impl Tree {
             let shift = d - level - 1;
             let (cs, ce) = (lo >> shift, (hi - 1) >> shift);
             let n = s.nodes.len();
-            s.l.resize(n, 0);
-            s.r.resize(n, 0);
+            grow(&mut s.l, n);
+            grow(&mut s.r, n);
             left.hash_map(&s.nodes, |v| (v & !1) ^ salt, &mut s.l);
             right.hash_map(&s.nodes, |v| (v & !1) ^ salt, &mut s.r);
             let cwl = self.cw[level as usize];
             let cwr = (cwl & !1) | u128::from(self.t_right[level as usize]);
-            s.next.resize(2 * n, 0);
+            grow(&mut s.next, 2 * n);
             for (((c, v), l), r) in s.next.chunks_exact_mut(2).zip(&s.nodes).zip(&s.l).zip(&s.r) {
                 let m = mask(*v);
                 c[0] = l ^ (m & cwl);

@@ -13,7 +13,7 @@ use crate::{AuditChallenge, DecodeError, Error, MAX_SLOT_LEN, Party, check_domai
 /// One party's half of a two-party DPF for the function that is `payload` (`slot_len` bytes)
 /// at slot `alpha` and zero at every other slot of `2^n`, XOR-shared; plus the proof
 /// correction word of the verifiable DPF.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct WriteKey {
     domain_bits: u32,
     tree: Tree,
@@ -180,8 +180,8 @@ impl WriteKey {
         self.cw_out.len() * 16
     }
 
-    /// SHA-256 of the key's public part (everything but the root seed, which is the same in
-    /// both halves of an honest pair) and the caller's context, in a canonical length-prefixed
+    /// SHA-256 of the key's public part (everything but the secret root seed; the public part
+    /// is the same in both halves of an honest pair) and the caller's context, in a canonical length-prefixed
     /// encoding. Both servers compute it; the client signs it.
     pub fn public_hash(&self, ctx: &[u8]) -> [u8; 32] {
         let mut h = Sha256::new();
@@ -207,8 +207,18 @@ impl WriteKey {
     }
 
     /// Slots `lo..hi` of this party's output share, written to `out` (`(hi - lo) * slot_len`
-    /// bytes). Requires `lo < hi <= 2^n`.
+    /// bytes). Panics unless `lo < hi <= 2^n` and `out` has that length.
     pub fn eval_range(&self, party: Party, lo: u64, hi: u64, out: &mut [u8]) {
+        assert!(
+            lo < hi && hi >> self.domain_bits <= 1 && (hi - 1) >> self.domain_bits == 0,
+            "slot range {lo}..{hi} outside the domain of 2^{}",
+            self.domain_bits
+        );
+        assert_eq!(
+            out.len() as u64,
+            (hi - lo) * self.slot_len() as u64,
+            "output buffer length"
+        );
         out.fill(0);
         let mut w = Worker::default();
         let step = chunk_leaves(self.slot_len());
@@ -220,20 +230,36 @@ impl WriteKey {
         }
     }
 
-    /// This party's share of slot `x`.
+    /// This party's share of slot `x`. Panics unless `x < 2^n`.
     pub fn eval_point(&self, party: Party, x: u64) -> Vec<u8> {
         let mut out = vec![0u8; self.slot_len()];
         self.eval_range(party, x, x + 1, &mut out);
         out
     }
 
-    /// The whole output share: `2^n * slot_len` bytes.
+    /// The whole output share: `2^n * slot_len` bytes. Panics if that does not fit in memory's
+    /// address space.
     pub fn eval_full(&self, party: Party) -> Vec<u8> {
-        let mut out = vec![0u8; self.slot_len() << self.domain_bits];
+        let len = self
+            .slot_len()
+            .checked_mul(1usize.checked_shl(self.domain_bits).unwrap_or(usize::MAX))
+            .filter(|l| *l < isize::MAX as usize)
+            .expect("the full output does not fit in memory");
+        let mut out = vec![0u8; len];
         self.eval_range(party, 0, 1 << self.domain_bits, &mut out);
         out
     }
 }
+
+/// Constant-time comparison of the whole key, secret root included.
+impl PartialEq for WriteKey {
+    fn eq(&self, other: &WriteKey) -> bool {
+        use subtle::ConstantTimeEq;
+        self.encode().ct_eq(&other.encode()).into()
+    }
+}
+
+impl Eq for WriteKey {}
 
 fn empty() -> Tree {
     Tree {
@@ -273,8 +299,9 @@ impl Drop for Worker {
 }
 
 impl Worker {
-    /// XORs slots `lo..hi` of `key`'s share into `out`; with a MAC, returns the XOR over those
-    /// leaves of the MAC of each corrected leaf proof.
+    /// XORs slots `lo..hi` of `key`'s share into `out`; with an audit, returns the XOR over
+    /// those leaves `x` of `F_c(x, pi~^x)`, the MAC of each corrected leaf proof bound to its
+    /// leaf index.
     fn accumulate(
         &mut self,
         key: &WriteKey,
@@ -282,13 +309,13 @@ impl Worker {
         lo: u64,
         hi: u64,
         out: &mut [u8],
-        mac: Option<&Mac>,
+        audit: Option<&Audit<'_>>,
     ) -> u128 {
         let blocks = key.cw_out.len();
         let salt = key.tree.salt;
         key.tree.expand(party.bit(), lo, hi, &mut self.s);
         let nodes = &self.s.nodes;
-        self.pay.resize(nodes.len() * blocks, 0);
+        tree::grow(&mut self.pay, nodes.len() * blocks);
         for (p, v) in self.pay.chunks_exact_mut(blocks).zip(nodes) {
             let base = (v & !1) ^ salt;
             for (j, x) in p.iter_mut().enumerate() {
@@ -303,24 +330,34 @@ impl Worker {
             }
         }
         xor_blocks_into(out, &self.pay);
-        let Some(mac) = mac else { return 0 };
-        self.plo.clear();
-        self.plo.extend(
-            nodes
-                .iter()
-                .zip(lo..hi)
-                .map(|(v, x)| proof_inputs(*v, salt, x)),
-        );
-        self.phi.clear();
-        self.phi.extend_from_slice(&self.plo);
+        let Some(audit) = audit else { return 0 };
+        tree::grow(&mut self.plo, nodes.len());
+        tree::grow(&mut self.phi, nodes.len());
+        for (((l, h), v), x) in self
+            .plo
+            .iter_mut()
+            .zip(self.phi.iter_mut())
+            .zip(nodes)
+            .zip(lo..hi)
+        {
+            *l = proof_inputs(*v, salt, x);
+            *h = *l;
+        }
         Hash::get(Domain::ProofLo).hash_in_place(&mut self.plo);
         Hash::get(Domain::ProofHi).hash_in_place(&mut self.phi);
-        for ((l, h), v) in self.plo.iter_mut().zip(self.phi.iter_mut()).zip(nodes) {
+        debug_assert!(audit.tweaks.len() >= nodes.len());
+        let lanes = self
+            .plo
+            .iter_mut()
+            .zip(self.phi.iter_mut())
+            .zip(nodes)
+            .zip(audit.tweaks);
+        for (((l, h), v), t) in lanes {
             let m = mask(*v);
-            *l ^= m & key.cs[0];
+            *l ^= (m & key.cs[0]) ^ t;
             *h ^= m & key.cs[1];
         }
-        mac.xor_sum(&self.plo, &self.phi)
+        audit.mac.xor_sum(&self.plo, &self.phi)
     }
 }
 
@@ -339,6 +376,12 @@ fn chunk_leaves(slot_len: usize) -> u64 {
     ((64 << 10) / slot_len.max(1)).clamp(1, 4096) as u64
 }
 
+/// The audit's MAC and the leaf tweaks `AES_c(x)` of the chunk being evaluated.
+struct Audit<'a> {
+    mac: &'a Mac,
+    tweaks: &'a [u128],
+}
+
 fn run(
     array: &mut [u8],
     slot_len: usize,
@@ -346,10 +389,8 @@ fn run(
     party: Party,
     mac: Option<&Mac>,
 ) -> Vec<u128> {
+    assert!(slot_len > 0, "slot length must be positive");
     let mut sums = vec![0u128; keys.len()];
-    if slot_len == 0 {
-        return sums;
-    }
     for k in keys {
         assert_eq!(
             k.slot_len(),
@@ -360,15 +401,21 @@ fn run(
     let slots = (array.len() / slot_len) as u64;
     let step = chunk_leaves(slot_len);
     let mut w = Worker::default();
+    let mut tweaks = vec![0u128; if mac.is_some() { step as usize } else { 0 }];
     let mut lo = 0u64;
     while lo < slots {
         let hi = (lo + step).min(slots);
         let chunk = &mut array[lo as usize * slot_len..hi as usize * slot_len];
+        let audit = mac.map(|mac| {
+            let t = &mut tweaks[..(hi - lo) as usize];
+            mac.leaf_tweaks(lo, t);
+            Audit { mac, tweaks: t }
+        });
         for (k, sum) in keys.iter().zip(sums.iter_mut()) {
             let end = hi.min(1 << k.domain_bits);
             if lo < end {
                 let part = &mut chunk[..(end - lo) as usize * slot_len];
-                *sum ^= w.accumulate(k, party, lo, end, part, mac);
+                *sum ^= w.accumulate(k, party, lo, end, part, audit.as_ref());
             }
         }
         lo = hi;
@@ -407,17 +454,30 @@ pub fn write_accumulate_audited(
             // one larger than the array is audited only over the array's slots, so evaluate the
             // rest of its proof here to keep the audit over the whole domain.
             let mut sum = sum;
-            let slots = (array.len() / slot_len.max(1)) as u64;
+            let slots = (array.len() / slot_len) as u64;
             let full = 1u64 << k.domain_bits;
-            if slot_len > 0 && slots < full {
+            if slots < full {
                 let mut w = Worker::default();
                 let step = chunk_leaves(slot_len);
                 let mut scratch = vec![0u8; step as usize * slot_len];
+                let mut tweaks = vec![0u128; step as usize];
                 let mut lo = slots;
                 while lo < full {
                     let hi = (lo + step).min(full);
                     let part = &mut scratch[..(hi - lo) as usize * slot_len];
-                    sum ^= w.accumulate(k, party, lo, hi, part, Some(&mac));
+                    let t = &mut tweaks[..(hi - lo) as usize];
+                    mac.leaf_tweaks(lo, t);
+                    sum ^= w.accumulate(
+                        k,
+                        party,
+                        lo,
+                        hi,
+                        part,
+                        Some(&Audit {
+                            mac: &mac,
+                            tweaks: t,
+                        }),
+                    );
                     lo = hi;
                 }
             }
@@ -434,7 +494,7 @@ pub fn write_accumulate_audited(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rng::SeededRandom;
+    use crate::rng::{RandomSource, SeededRandom};
 
     const N: u32 = 8;
     const L: usize = 32;
@@ -578,6 +638,87 @@ mod tests {
         }
         assert_eq!(nonzero_slots(&a, &b), 1 << N);
         assert!(!accepted(&a, &b));
+    }
+
+    /// The forgery found in review: a last level chosen so one party's left leaf equals the
+    /// other's right leaf shifted by the leaf-index tweak, and `cs` fixing the other pair. The
+    /// corrected proofs then agree as multisets but at swapped leaves; without the leaf index
+    /// inside the MAC the XOR-sums matched for every challenge. Must be rejected.
+    fn forge_two_slot_write(n: u32, p: u64, rng: &mut impl RandomSource) -> (WriteKey, WriteKey) {
+        let g = tree::generate(n - 1, p, rng);
+        let salt = g.trees[0].salt;
+        let ends = g.ends;
+        let (z, o) = if ends[0] & 1 == 0 { (0, 1) } else { (1, 0) };
+        let h = |d: Domain, x: u128| {
+            let mut out = [0u128];
+            Hash::get(d).hash(&[x], &mut out);
+            out[0]
+        };
+        let inp = |v: u128| (v & !1) ^ salt;
+        let (lz, rz) = (
+            h(Domain::Left, inp(ends[z])),
+            h(Domain::Right, inp(ends[z])),
+        );
+        let (lo, ro) = (
+            h(Domain::Left, inp(ends[o])),
+            h(Domain::Right, inp(ends[o])),
+        );
+        let cwl = lo ^ rz ^ (1u128 << 64);
+        let tr = (ro ^ lz ^ 1) & 1;
+        let cwr = (cwl & !1) | tr;
+        let pa = leaf_proof(lz, salt, 2 * p);
+        let pb = leaf_proof(ro ^ cwr, salt, 2 * p + 1);
+        let cs = [pa[0] ^ pb[0], pa[1] ^ pb[1]];
+        let mut cw = g.trees[0].cw.clone();
+        cw.push(cwl);
+        let mut t_right = g.trees[0].t_right.clone();
+        t_right.push(tr as u8);
+        let mk = |i: usize| WriteKey {
+            domain_bits: n,
+            tree: Tree {
+                salt,
+                root: g.trees[i].root,
+                cw: cw.clone(),
+                t_right: t_right.clone(),
+            },
+            cw_out: vec![0x1234; L / 16],
+            cs,
+        };
+        (mk(0), mk(1))
+    }
+
+    #[test]
+    fn the_leaf_swap_forgery_is_rejected() {
+        let mut rng = SeededRandom::new([0x5a; 32]);
+        for p in [0u64, 37, 127] {
+            let (a, b) = forge_two_slot_write(N, p, &mut rng);
+            let (a, b) = (
+                WriteKey::decode(&a.encode(), N, L).expect("decodes"),
+                WriteKey::decode(&b.encode(), N, L).expect("decodes"),
+            );
+            assert_eq!(a.public_hash(b"ctx"), b.public_hash(b"ctx"));
+            assert_eq!(nonzero_slots(&a, &b), 2, "the forgery writes two slots");
+            for c in 0..20u8 {
+                let ch = AuditChallenge([c; 16]);
+                let mut arr_a = vec![0u8; L << N];
+                let mut arr_b = vec![0u8; L << N];
+                let va = write_accumulate_audited(
+                    &mut arr_a,
+                    L,
+                    &[(&a, b"ctx".as_slice())],
+                    Party::A,
+                    &ch,
+                );
+                let vb = write_accumulate_audited(
+                    &mut arr_b,
+                    L,
+                    &[(&b, b"ctx".as_slice())],
+                    Party::B,
+                    &ch,
+                );
+                assert_ne!(va, vb, "forgery at {p} passed challenge {c}");
+            }
+        }
     }
 
     #[test]
