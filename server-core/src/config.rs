@@ -123,13 +123,21 @@ impl Config {
         })
     }
 
-    /// Writes the config as TOML (paths as stored).
+    /// Writes the config as TOML (paths as stored), atomically: a temporary file in the same
+    /// directory, fsynced, then renamed over the old one, so a crash never leaves half a file.
     pub fn save(&self, path: &Path) -> Result<(), ConfigError> {
+        use std::io::Write;
         let text = toml::to_string_pretty(self).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        std::fs::write(path, text).map_err(|source| ConfigError::Io {
+        let io = |source| ConfigError::Io {
             path: path.display().to_string(),
             source,
-        })
+        };
+        let tmp = path.with_extension("toml.tmp");
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        f.write_all(text.as_bytes()).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        drop(f);
+        std::fs::rename(&tmp, path).map_err(io)
     }
 
     /// Checks values that can be checked without touching the disk.
@@ -139,6 +147,20 @@ impl Config {
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.peer_pin()?;
         self.peer_signing_key_bytes()?;
+        for (name, addr) in [
+            ("listen", &self.listen),
+            ("peer_listen", &self.peer_listen),
+            ("peer_addr", &self.peer_addr),
+        ] {
+            let ok = addr
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !ok {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} {addr:?} is not host:port"
+                )));
+            }
+        }
         if let Some(admin) = &self.admin_listen {
             let addr: std::net::SocketAddr = admin.parse().map_err(|_| {
                 ConfigError::Invalid(format!("admin_listen {admin:?} is not ip:port"))

@@ -52,11 +52,14 @@ pub fn init(opts: &InitOptions) -> Result<InitOutput, ConfigError> {
     };
     std::fs::create_dir_all(d).map_err(io(d))?;
     let config_path = d.join("config.toml");
-    if config_path.exists() {
-        return Err(ConfigError::Invalid(format!(
-            "{} already exists",
-            config_path.display()
-        )));
+    // Never overwrite key material (a restored backup, or another server's keys).
+    for f in ["config.toml", "tls.crt", "tls.key", "signing.key"] {
+        if d.join(f).exists() {
+            return Err(ConfigError::Invalid(format!(
+                "{} already exists; init never overwrites keys or configs",
+                d.join(f).display()
+            )));
+        }
     }
     let name = match opts.role {
         Role::A => "mpm-server-a",
@@ -105,8 +108,7 @@ pub fn set_peer(
     cfg.peer_addr = peer_addr.to_string();
     cfg.peer_cert_pin = peer_pin.to_string();
     cfg.peer_signing_key = peer_signing_key.to_string();
-    cfg.peer_pin()?;
-    cfg.peer_signing_key_bytes()?;
+    cfg.validate()?;
     cfg.save(config_path)
 }
 

@@ -22,6 +22,18 @@ fn init_set_peer_and_check_config() {
         init(&mk(Role::A, "a", 7101)).is_err(),
         "init refuses to overwrite"
     );
+    // Nor does it overwrite keys left without a config (e.g. a restored backup).
+    let c = dir.path().join("c");
+    std::fs::create_dir_all(&c).expect("mkdir");
+    std::fs::write(c.join("signing.key"), "restored").expect("write");
+    assert!(
+        init(&mk(Role::A, "c", 7301)).is_err(),
+        "init keeps existing keys"
+    );
+    assert_eq!(
+        std::fs::read_to_string(c.join("signing.key")).expect("read"),
+        "restored"
+    );
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -35,6 +47,16 @@ fn init_set_peer_and_check_config() {
     }
     // Before set-peer the config is incomplete.
     assert!(check_config(&a.config_path).is_err());
+    // A peer address without a port is refused at set-peer time, not when the server starts.
+    assert!(
+        set_peer(
+            &a.config_path,
+            "nonsense",
+            &b.cert_pin.to_string(),
+            &hex::encode(b.signing_public_key),
+        )
+        .is_err()
+    );
     set_peer(
         &a.config_path,
         "127.0.0.1:7202",
