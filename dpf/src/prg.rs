@@ -128,6 +128,24 @@ impl Hash {
         buf.zeroize();
     }
 
+    /// The fused payload kernel (see `simd::payload_xor`), when this CPU and slot size have it:
+    /// `out[slot i] ^= H((v_i & !1) ^ salt ^ j) ^ (mask(v_i) & cw[j])`. Returns false (and does
+    /// nothing) otherwise.
+    pub(crate) fn payload_xor(
+        &self,
+        nodes: &[u128],
+        salt: u128,
+        cw: &[u128],
+        out: &mut [u8],
+    ) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(rk) = &self.vaes {
+            return simd::payload_xor(rk, nodes, salt, cw, out);
+        }
+        let _ = (nodes, salt, cw, out);
+        false
+    }
+
     /// In place: `x[i] = H(x[i])`.
     pub(crate) fn hash_in_place(&self, x: &mut [u128]) {
         #[cfg(target_arch = "x86_64")]

@@ -200,6 +200,99 @@ mod x86 {
         unsafe { cbc2_xor_sum_vaes512(rk, lo, hi) }
     }
 
+    /// The fused write kernel: for every leaf `i` with node `v`, XORs into slot `i` of `out`
+    /// the payload blocks `H((v & !1) ^ salt ^ j) ^ (mask(v) & cw[j])`. Blocks go four to a
+    /// register and four registers at a time through AES, straight from the node to the array,
+    /// with no intermediate buffer. Requires `cw.len()` to be a multiple of 4.
+    #[target_feature(enable = "avx512f,vaes,aes")]
+    fn payload_xor_vaes512(
+        rk: &RoundKeys,
+        nodes: &[u128],
+        salt: u128,
+        cw: &[u128],
+        out: &mut [u8],
+    ) {
+        let k: [__m512i; 11] = core::array::from_fn(|i| _mm512_broadcast_i32x4(rk.0[i]));
+        let hi = _mm512_set_epi64(-1, 0, -1, 0, -1, 0, -1, 0);
+        let sigma =
+            |v: __m512i| _mm512_xor_si512(_mm512_shuffle_epi32::<0x4E>(v), _mm512_and_si512(v, hi));
+        let groups = cw.len() / 4;
+        let slot = cw.len() * 16;
+        let units = nodes.len() * groups;
+        let unit = |u: usize| -> (__m512i, __m512i, usize) {
+            let (leaf, g) = (u / groups, u % groups);
+            let v = nodes[leaf];
+            let base = (v & !1) ^ salt;
+            // Built from registers (no store-then-wide-load through memory).
+            let b = _mm_set_epi64x((base >> 64) as i64, base as u64 as i64);
+            let vb = _mm512_broadcast_i32x4(b);
+            let j = (4 * g) as i64;
+            let x = _mm512_xor_si512(vb, _mm512_set_epi64(0, j + 3, 0, j + 2, 0, j + 1, 0, j));
+            let c = &cw[4 * g..4 * g + 4];
+            // SAFETY: `c` is 4 u128 = 64 readable bytes.
+            let vc = unsafe { _mm512_loadu_si512(c.as_ptr().cast()) };
+            let m = _mm512_set1_epi64(0i64.wrapping_sub((v & 1) as i64));
+            (x, _mm512_and_si512(vc, m), leaf * slot + g * 64)
+        };
+        let mut u = 0;
+        while u < units {
+            let n = (units - u).min(4);
+            // Always four chains in flight; a short tail repeats its last unit and stores only
+            // the real ones.
+            let (x0, c0, o0) = unit(u);
+            let (x1, c1, o1) = unit(u + 1.min(n - 1));
+            let (x2, c2, o2) = unit(u + 2.min(n - 1));
+            let (x3, c3, o3) = unit(u + 3.min(n - 1));
+            let (y0, y1, y2, y3) = (sigma(x0), sigma(x1), sigma(x2), sigma(x3));
+            let mut s0 = _mm512_xor_si512(y0, k[0]);
+            let mut s1 = _mm512_xor_si512(y1, k[0]);
+            let mut s2 = _mm512_xor_si512(y2, k[0]);
+            let mut s3 = _mm512_xor_si512(y3, k[0]);
+            for rk in &k[1..10] {
+                s0 = _mm512_aesenc_epi128(s0, *rk);
+                s1 = _mm512_aesenc_epi128(s1, *rk);
+                s2 = _mm512_aesenc_epi128(s2, *rk);
+                s3 = _mm512_aesenc_epi128(s3, *rk);
+            }
+            let fin = |s: __m512i, y: __m512i, c: __m512i| {
+                _mm512_xor_si512(_mm512_xor_si512(_mm512_aesenclast_epi128(s, k[10]), y), c)
+            };
+            let h = [
+                fin(s0, y0, c0),
+                fin(s1, y1, c1),
+                fin(s2, y2, c2),
+                fin(s3, y3, c3),
+            ];
+            let at = [o0, o1, o2, o3];
+            for i in 0..n {
+                let dst = &mut out[at[i]..at[i] + 64];
+                // SAFETY: `dst` is 64 bytes; unaligned load and store.
+                unsafe {
+                    let d = _mm512_loadu_si512(dst.as_ptr().cast());
+                    _mm512_storeu_si512(dst.as_mut_ptr().cast(), _mm512_xor_si512(d, h[i]));
+                }
+            }
+            u += n;
+        }
+    }
+
+    /// See [`payload_xor_vaes512`]; false when this CPU or slot size has no fast path.
+    pub(crate) fn payload_xor(
+        rk: &RoundKeys,
+        nodes: &[u128],
+        salt: u128,
+        cw: &[u128],
+        out: &mut [u8],
+    ) -> bool {
+        if !cw.len().is_multiple_of(4) || out.len() < nodes.len() * cw.len() * 16 {
+            return false;
+        }
+        debug_assert!(has_vaes512());
+        // SAFETY: `RoundKeys` exist only when `has_vaes512()` held.
+        unsafe { payload_xor_vaes512(rk, nodes, salt, cw, out) };
+        true
+    }
+
     pub(crate) fn mmo(rk: &RoundKeys, x: &mut [u128]) {
         debug_assert!(has_vaes512());
         // SAFETY: `RoundKeys` exist only when `has_vaes512()` held.
@@ -284,7 +377,7 @@ mod x86 {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use x86::{RoundKeys, cbc2_xor_sum, expand_key, mmo};
+pub(crate) use x86::{RoundKeys, cbc2_xor_sum, expand_key, mmo, payload_xor};
 
 /// `acc ^= row & m` bytewise (`m` is 0 or 0xff).
 #[inline(always)]
