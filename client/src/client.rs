@@ -16,6 +16,7 @@ use crate::frame;
 use crate::fsutil::ensure_private_dir;
 use crate::identity::Identity;
 use crate::net::{ServerId, Servers};
+use crate::ratchet::HEAL_EVERY;
 use crate::schedule::{Schedule, random_below};
 use crate::store::{RoundRecord, Store};
 use crate::wire;
@@ -326,7 +327,10 @@ impl Client {
             }
             // A uniformly random free index.
             let index = free[random_below(rng, free.len() as u64) as usize];
-            tx.add_contact(name, &key, index, now_ms())
+            let contact = tx.add_contact(name, &key, index, now_ms())?;
+            // The first frame to the contact carries our ephemeral key (forward secrecy).
+            engine::start_pair(tx, &contact, rng)?;
+            Ok(contact)
         })?;
         Ok(self.contact_view(&contact))
     }
@@ -343,9 +347,22 @@ impl Client {
         self.store.with_tx(|tx| tx.rename_contact(old, new))
     }
 
-    /// Removes a contact and its queued messages.
+    /// Removes a contact and its queued messages (and its session keys).
     pub fn remove_contact(&mut self, name: &str) -> Result<(), Error> {
-        self.store.with_tx(|tx| tx.remove_contact(name).map(|_| ()))
+        self.store
+            .with_tx(|tx| tx.remove_contact(name).map(|_| ()))?;
+        self.scrub();
+        Ok(())
+    }
+
+    /// Truncates the store's write-ahead log so deleted keys leave the files (see
+    /// [`Store::scrub`]). A failure is logged; the next round tries again.
+    fn scrub(&mut self) {
+        match self.store.scrub() {
+            Ok(true) => {}
+            Ok(false) => tracing::debug!("store checkpoint busy; retried after the next round"),
+            Err(e) => tracing::warn!(error = %e, "store checkpoint failed"),
+        }
     }
 
     /// Queues a message of any length (up to 1 MiB) to a contact.
@@ -585,6 +602,7 @@ impl Client {
                 identity,
                 sched,
                 slot_len: *slot_len,
+                heal_every: HEAL_EVERY,
             };
             let write = engine::build_slot_write(tx, ctx, round, rng)?;
             let mut request_id = [0u8; 16];
@@ -677,6 +695,7 @@ impl Client {
             identity,
             sched,
             slot_len,
+            rng,
             ..
         } = self;
         let now = now_ms();
@@ -700,14 +719,17 @@ impl Client {
                         identity,
                         sched,
                         slot_len: *slot_len,
+                        heal_every: HEAL_EVERY,
                     };
-                    engine::process_reads(tx, ctx, round, plan, slots, now)?
+                    engine::process_reads(tx, ctx, round, plan, slots, now, rng)?
                 }
                 _ => engine::ReadStats::default(),
             };
             tx.set_reads_done(round, stats.decrypted)?;
             Ok(stats)
         })?;
+        // This round's write and reads deleted keys: push them out of the log as well.
+        self.scrub();
         Ok((
             result.committed[0] && result.committed[1],
             u64::from(stats.delivered_messages),
@@ -1167,6 +1189,18 @@ mod tests {
             "{:?}",
             st.messages
         );
+        // The pair left the bootstrap keys: both computed the first epoch's root, deleted
+        // their ephemeral secrets and switched both directions.
+        for (c, peer) in [(&mut alice, "bob"), (&mut bob, "alice")] {
+            let identity = &c.identity;
+            let (_, r) = c.store.with_tx(|tx| {
+                let contact = tx.contact_by_name(peer)?;
+                engine::load_pair(tx, identity, &contact)
+            })?;
+            assert_eq!(r.epoch, 1);
+            assert!(r.secrets().len() == 1 && r.block.is_none(), "step complete");
+            assert!(r.incoming.next.is_none() && r.outgoing.next.is_none());
+        }
         Ok(())
     }
 

@@ -204,6 +204,15 @@ pub fn check_params(p: &protocol::Params) -> Result<(), Error> {
     p.validate()
         .map_err(|e| Error::UnsupportedParams(e.to_string()))?;
     schedule_of(p)?;
-    frame::frame_len(p.slot_len as usize).map_err(|e| Error::UnsupportedParams(e.to_string()))?;
+    let cap = frame::data_capacity(p.slot_len as usize)
+        .map_err(|e| Error::UnsupportedParams(e.to_string()))?;
+    if cap < crate::ratchet::KEY_BLOCK_LEN {
+        return Err(Error::UnsupportedParams(format!(
+            "slot_len = {} leaves {cap} bytes per frame; the key blocks of forward secrecy \
+             need {}",
+            p.slot_len,
+            crate::ratchet::KEY_BLOCK_LEN
+        )));
+    }
     Ok(())
 }

@@ -5,13 +5,21 @@
 //!
 //! ```text
 //! version (1) = 1 | flags (1) | ack (u32 LE) | seq (u32 LE) | len (u16 LE) | data (len) | zeros
-//! flags: bit 0 = carries a fragment, bit 1 = last fragment of a message, bit 2 = padding frame
+//!   [| key block (44), the last 44 bytes, when flag bit 3 is set]
+//! flags: bit 0 = carries a fragment, bit 1 = last fragment of a message, bit 2 = padding frame,
+//!        bit 3 = carries a key block
 //! ```
+//!
+//! The key block ([`crate::ratchet::KeyBlock`]) is the session layer's announcement of an
+//! ephemeral key and switch round; it rides in the frame, outside the sequenced stream, so it
+//! never waits behind queued data. A frame with a key block has `data capacity - 44` bytes
+//! left for a fragment.
 //!
 //! `ack` is cumulative: the number of the peer's fragments received in order (the next sequence
 //! number expected). A frame without a fragment still carries the ack. Decoding is strict:
 //! unknown flags, a length past the capacity and non-zero padding are rejected.
 
+use crate::ratchet::{KEY_BLOCK_LEN, KeyBlock};
 use crate::session::SLOT_OVERHEAD;
 
 /// Bytes of the frame header.
@@ -20,6 +28,7 @@ const VERSION: u8 = 1;
 const FLAG_FRAGMENT: u8 = 1;
 const FLAG_LAST: u8 = 2;
 const FLAG_PADDING: u8 = 4;
+const FLAG_KEY: u8 = 8;
 
 /// One fragment of a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,12 +44,14 @@ pub struct Fragment {
 /// A decoded frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    /// A frame to a contact: the cumulative ack and maybe one fragment.
+    /// A frame to a contact: the cumulative ack, maybe one fragment, maybe a key block.
     Data {
         /// Next fragment sequence number expected from the peer.
         ack: u32,
         /// The fragment carried, if any.
         fragment: Option<Fragment>,
+        /// The sender's key block, if it has an unconfirmed one.
+        key: Option<KeyBlock>,
     },
     /// Padding written to the self-pair.
     Padding,
@@ -73,6 +84,9 @@ pub enum FrameError {
     /// Padding bytes not zero.
     #[error("non-zero bytes after the fragment")]
     Trailing,
+    /// A key block that does not decode.
+    #[error("malformed key block")]
+    KeyBlock,
     /// A fragment larger than the capacity was handed to the encoder.
     #[error("fragment of {0} bytes does not fit a frame")]
     TooLarge(usize),
@@ -102,13 +116,24 @@ impl Frame {
         out[0] = VERSION;
         match self {
             Frame::Padding => out[1] = FLAG_PADDING,
-            Frame::Data { ack, fragment } => {
+            Frame::Data { ack, fragment, key } => {
                 out[2..6].copy_from_slice(&ack.to_le_bytes());
+                let cap = match key {
+                    Some(k) => {
+                        let room = cap
+                            .checked_sub(KEY_BLOCK_LEN)
+                            .ok_or(FrameError::TooLarge(KEY_BLOCK_LEN))?;
+                        out[1] |= FLAG_KEY;
+                        out[frame_len - KEY_BLOCK_LEN..].copy_from_slice(&k.encode());
+                        room
+                    }
+                    None => cap,
+                };
                 if let Some(f) = fragment {
                     if f.data.len() > cap {
                         return Err(FrameError::TooLarge(f.data.len()));
                     }
-                    out[1] = FLAG_FRAGMENT | if f.last { FLAG_LAST } else { 0 };
+                    out[1] |= FLAG_FRAGMENT | if f.last { FLAG_LAST } else { 0 };
                     out[6..10].copy_from_slice(&f.seq.to_le_bytes());
                     let len = u16::try_from(f.data.len())
                         .map_err(|_| FrameError::TooLarge(f.data.len()))?;
@@ -137,8 +162,18 @@ impl Frame {
         let ack = u32_at(2);
         let seq = u32_at(6);
         let len = usize::from(u16::from_le_bytes([bytes[10], bytes[11]]));
-        let frame = match flags {
-            FLAG_PADDING => {
+        let (key, end) = if flags & FLAG_KEY != 0 && flags & FLAG_PADDING == 0 {
+            let start = frame_len
+                .checked_sub(KEY_BLOCK_LEN)
+                .filter(|s| *s >= HEADER_LEN)
+                .ok_or(FrameError::Flags(flags))?;
+            let k = KeyBlock::decode(&bytes[start..]).ok_or(FrameError::KeyBlock)?;
+            (Some(k), start)
+        } else {
+            (None, frame_len)
+        };
+        let frame = match flags & !FLAG_KEY {
+            FLAG_PADDING if flags == FLAG_PADDING => {
                 if bytes[2..].iter().any(|b| *b != 0) {
                     return Err(FrameError::Trailing);
                 }
@@ -151,10 +186,11 @@ impl Frame {
                 Frame::Data {
                     ack,
                     fragment: None,
+                    key,
                 }
             }
             f if f == FLAG_FRAGMENT || f == FLAG_FRAGMENT | FLAG_LAST => {
-                if len > frame_len - HEADER_LEN {
+                if len > end - HEADER_LEN {
                     return Err(FrameError::Length(len));
                 }
                 Frame::Data {
@@ -164,9 +200,10 @@ impl Frame {
                         last: f & FLAG_LAST != 0,
                         data: bytes[HEADER_LEN..HEADER_LEN + len].to_vec(),
                     }),
+                    key,
                 }
             }
-            other => return Err(FrameError::Flags(other)),
+            _ => return Err(FrameError::Flags(flags)),
         };
         let used = match &frame {
             Frame::Data {
@@ -174,7 +211,7 @@ impl Frame {
             } => HEADER_LEN + f.data.len(),
             _ => HEADER_LEN,
         };
-        if bytes[used..].iter().any(|b| *b != 0) {
+        if bytes[used..end].iter().any(|b| *b != 0) {
             return Err(FrameError::Trailing);
         }
         Ok(frame)
@@ -195,6 +232,7 @@ mod tests {
             Frame::Data {
                 ack: 0,
                 fragment: None,
+                key: None,
             },
             Frame::Data {
                 ack: 17,
@@ -203,6 +241,7 @@ mod tests {
                     last: false,
                     data: vec![0xab; cap],
                 }),
+                key: None,
             },
             Frame::Data {
                 ack: u32::MAX,
@@ -211,6 +250,7 @@ mod tests {
                     last: true,
                     data: b"hi".to_vec(),
                 }),
+                key: None,
             },
             Frame::Data {
                 ack: 1,
@@ -218,6 +258,29 @@ mod tests {
                     seq: 0,
                     last: true,
                     data: Vec::new(),
+                }),
+                key: None,
+            },
+            Frame::Data {
+                ack: 4,
+                fragment: None,
+                key: Some(KeyBlock {
+                    epoch: 1,
+                    public: [9; 32],
+                    switch: None,
+                }),
+            },
+            Frame::Data {
+                ack: 5,
+                fragment: Some(Fragment {
+                    seq: 6,
+                    last: false,
+                    data: vec![0xcd; cap - KEY_BLOCK_LEN],
+                }),
+                key: Some(KeyBlock {
+                    epoch: 7,
+                    public: [8; 32],
+                    switch: Some(12_345),
                 }),
             },
         ];
@@ -239,6 +302,7 @@ mod tests {
                 last: true,
                 data: b"abc".to_vec(),
             }),
+            key: None,
         }
         .encode(n)?;
         assert!(matches!(
@@ -264,8 +328,44 @@ mod tests {
                 last: true,
                 data: vec![1; n],
             }),
+            key: None,
         };
         assert!(matches!(too_big.encode(n), Err(FrameError::TooLarge(_))));
+        // A key block leaves less room for the fragment.
+        let cap = data_capacity(128)?;
+        let block = KeyBlock {
+            epoch: 1,
+            public: [1; 32],
+            switch: Some(3),
+        };
+        let crowded = Frame::Data {
+            ack: 0,
+            fragment: Some(Fragment {
+                seq: 0,
+                last: true,
+                data: vec![1; cap - KEY_BLOCK_LEN + 1],
+            }),
+            key: Some(block),
+        };
+        assert!(matches!(crowded.encode(n), Err(FrameError::TooLarge(_))));
+        let with_key = Frame::Data {
+            ack: 0,
+            fragment: None,
+            key: Some(block),
+        }
+        .encode(n)?;
+        let mut v = with_key.clone();
+        v[n - KEY_BLOCK_LEN..n - KEY_BLOCK_LEN + 4].copy_from_slice(&[0; 4]);
+        assert_eq!(Frame::decode(&v, n), Err(FrameError::KeyBlock), "epoch 0");
+        let mut v = with_key.clone();
+        v[n - KEY_BLOCK_LEN - 1] = 1;
+        assert_eq!(Frame::decode(&v, n), Err(FrameError::Trailing));
+        let mut v = with_key;
+        v[1] = FLAG_PADDING | FLAG_KEY;
+        assert!(
+            Frame::decode(&v, n).is_err(),
+            "padding carries no key block"
+        );
         assert!(matches!(frame_len(40), Err(FrameError::SlotTooSmall(40))));
         Ok(())
     }

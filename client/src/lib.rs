@@ -12,8 +12,9 @@
 //! | module | what it does |
 //! | --- | --- |
 //! | [`identity`], [`code`] | X25519 + Ed25519 keys in a 0600 key file; contact codes (`mpm1-…`, base32, checksummed) and safety numbers |
-//! | [`session`] | pair root from static X25519 + HKDF, direction-labelled `K_addr`/`K_aead`, slot addressing `HMAC(K_addr, r) mod N`, XChaCha20-Poly1305 slots |
-//! | [`frame`] | the fixed-size plaintext frame in every slot (ack, fragment, padding) |
+//! | [`session`] | bootstrap pair root from static X25519 + HKDF, direction-labelled `K_addr`/`K_aead`, per-round keys from a tree leaf, slot addressing `HMAC(K_addr, r) mod N`, XChaCha20-Poly1305 slots |
+//! | [`ratchet`] | forward secrecy: in-band ephemeral X25519 steps (key blocks in frames), reader-chosen switch rounds, a GGM tree of per-round keys per direction and epoch, periodic healing |
+//! | [`frame`] | the fixed-size plaintext frame in every slot (ack, fragment, key block, padding) |
 //! | [`schedule`] | which contact a round's write goes to (channel `r mod w`), the k shuffled reads |
 //! | [`delivery`] | go-back-N with cumulative acks, duplicate suppression, fragmentation and reassembly |
 //! | [`store`] | SQLite store; every state change one transaction |
@@ -28,8 +29,10 @@
 //! * The two servers do not collude; each is pinned by certificate and signing key.
 //! * The parameters are pinned at `init`; a server announcing others is refused.
 //! * `c_max <= k` and `c_max <= w` (the baseline schedule of docs/protocol.md §5.2).
-//! * Not done: forward secrecy (ephemeral re-rooting of the pair keys); pair keys come from the
-//!   static X25519 keys only. See docs/protocol.md §5.1.
+//! * Forward secrecy starts with a pair's first ephemeral exchange: frames written before both
+//!   directions have switched to it are protected by the static keys only, and a device
+//!   compromise exposes the frames of the last `lag` rounds not yet read. See docs/protocol.md
+//!   §5.1.
 //!
 //! # Example
 //!
@@ -63,6 +66,7 @@ pub mod frame;
 pub mod fsutil;
 pub mod identity;
 pub mod net;
+pub mod ratchet;
 pub mod schedule;
 pub mod session;
 pub mod store;

@@ -15,7 +15,6 @@
 use dpf::RandomSource;
 
 use crate::error::Error;
-use crate::session::DirectionKeys;
 
 /// The pinned constants the schedule needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,26 +117,27 @@ impl Schedule {
         2 * self.lag + self.channels + 1
     }
 
-    /// The k reads of `round`, shuffled. `incoming[i]` holds the incoming keys of the contact at
-    /// index i (`None` if the index is free). Returns `None` before round `lag`.
+    /// The k reads of `round`, shuffled. `incoming[i]` is the slot where the contact at index
+    /// i writes to us in the array round `round - lag` (`None` if the index is free). Returns
+    /// `None` before round `lag`.
     pub fn read_plan(
         &self,
         round: u64,
-        incoming: &[Option<&DirectionKeys>],
+        incoming: &[Option<u64>],
         rng: &mut impl RandomSource,
     ) -> Option<Vec<PlannedRead>> {
-        let array = self.array_round(round)?;
+        self.array_round(round)?;
         let mut plan = Vec::with_capacity(self.reads);
         for i in 0..self.reads {
-            let keys = if i < self.c_max {
+            let slot = if i < self.c_max {
                 incoming.get(i).copied().flatten()
             } else {
                 None
             };
-            plan.push(match keys {
-                Some(k) => PlannedRead {
+            plan.push(match slot {
+                Some(slot) => PlannedRead {
                     index: Some(i),
-                    slot: k.slot(array, self.domain_bits),
+                    slot,
                 },
                 None => PlannedRead {
                     index: None,
@@ -177,6 +177,7 @@ pub fn shuffle<T>(items: &mut [T], rng: &mut impl RandomSource) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::DirectionKeys;
     use dpf::SeededRandom;
 
     fn sched() -> Schedule {
@@ -225,10 +226,15 @@ mod tests {
         let s = sched();
         let k0 = DirectionKeys::self_pair(&[1; 32]);
         let k2 = DirectionKeys::self_pair(&[2; 32]);
-        let incoming = [Some(&k0), None, Some(&k2), None];
         let mut rng = SeededRandom::new([7; 32]);
         let mut first_positions = std::collections::HashSet::new();
         for r in 2..200u64 {
+            let incoming = [
+                Some(k0.slot(r - 2, 12)),
+                None,
+                Some(k2.slot(r - 2, 12)),
+                None,
+            ];
             let plan = s.read_plan(r, &incoming, &mut rng).unwrap_or_default();
             assert_eq!(plan.len(), 4);
             let p0 = plan.iter().position(|p| p.index == Some(0));
@@ -246,7 +252,7 @@ mod tests {
             4,
             "contact 0 appears at every position"
         );
-        assert!(s.read_plan(1, &incoming, &mut rng).is_none());
+        assert!(s.read_plan(1, &[Some(1), None], &mut rng).is_none());
     }
 
     #[test]

@@ -2,10 +2,16 @@
 //!
 //! * Pair root: `HKDF-SHA-256(salt = "mpm/pair-root/v1" || lo || hi, ikm = X25519(me, them))`
 //!   where `lo`, `hi` are the two public keys in sorted order. Both sides derive the same root.
-//! * Direction `S -> R`: `K_addr = HKDF-Expand(root, "mpm/addr/v1" || S || R)` and
-//!   `K_aead = HKDF-Expand(root, "mpm/aead/v1" || S || R)`. The labels carry the sender's and the
-//!   recipient's public keys in that order, so `A -> B` and `B -> A` get independent keys (were
-//!   they equal, both sides would write to the same slot every round and collide).
+//!   These *bootstrap* keys serve only until the pair's first ephemeral exchange takes effect
+//!   ([`crate::ratchet`]); the static root also gives the chain key `chain_0 =
+//!   HKDF-Expand(root, "mpm/chain/v1")` that the first exchange is mixed into.
+//! * Direction `S -> R` (bootstrap epoch): `K_addr = HKDF-Expand(root, "mpm/addr/v1" || S || R)`
+//!   and `K_aead = HKDF-Expand(root, "mpm/aead/v1" || S || R)`. The labels carry the sender's and
+//!   the recipient's public keys in that order, so `A -> B` and `B -> A` get independent keys
+//!   (were they equal, both sides would write to the same slot every round and collide).
+//! * Direction `S -> R`, round r, epoch >= 1: from the GGM leaf `x_r` of the direction's tree
+//!   ([`crate::ratchet::GgmTree`]), `K_addr = HKDF-Expand(x_r, "mpm/addr/v2" || S || R)` and
+//!   `K_aead = HKDF-Expand(x_r, "mpm/aead/v2" || S || R)` ([`DirectionKeys::from_leaf`]).
 //! * Slot of round r: `HMAC-SHA-256(K_addr, "slot" || r (u64 LE))`, first 8 bytes as u64 LE,
 //!   reduced mod N = 2^domain_bits (a power of two, so the reduction is unbiased).
 //! * Round key: `K_round = HKDF-Expand(K_aead, "mpm/round/v1" || r)`. The AEAD is
@@ -14,9 +20,6 @@
 //!   `nonce (24) || ciphertext || tag (16)`, exactly L bytes, indistinguishable from random.
 //! * The self-pair (padding to one's own slot) uses the same construction with keys expanded
 //!   from the local random self-pair key and the label `"self"`.
-//!
-//! Forward secrecy is *not* provided yet: keys come from the static X25519 exchange only (see
-//! docs/protocol.md §5.1, "Not done").
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
@@ -49,13 +52,25 @@ impl std::fmt::Debug for DirectionKeys {
     }
 }
 
-/// Both directions of a pair, seen from one side.
+/// A 32-byte secret: redacted in `Debug`, zeroized when dropped.
+#[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
+pub struct Secret32(pub(crate) [u8; 32]);
+
+impl std::fmt::Debug for Secret32 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret32(..)")
+    }
+}
+
+/// Both directions of a pair under the bootstrap (static) keys, seen from one side.
 #[derive(Debug, Clone)]
 pub struct PairKeys {
     /// Me -> them: the slot I write to, the key I encrypt with.
     pub outgoing: DirectionKeys,
     /// Them -> me: the slot I read, the key I decrypt with.
     pub incoming: DirectionKeys,
+    /// `chain_0`: the chain key the pair's first ephemeral exchange is mixed into.
+    pub(crate) chain: Secret32,
 }
 
 impl PairKeys {
@@ -79,9 +94,13 @@ impl PairKeys {
         salt.extend_from_slice(&lo);
         salt.extend_from_slice(&hi);
         let root = Hkdf::<Sha256>::new(Some(&salt), shared.as_bytes());
+        let mut chain = Secret32([0u8; 32]);
+        root.expand(b"mpm/chain/v1", &mut chain.0)
+            .unwrap_or_else(|_| unreachable!("32-byte HKDF output"));
         Ok(Self {
             outgoing: DirectionKeys::from_root(&root, &my_public, their_public),
             incoming: DirectionKeys::from_root(&root, their_public, &my_public),
+            chain,
         })
     }
 }
@@ -95,20 +114,47 @@ impl DirectionKeys {
     }
 
     fn expand(root: &Hkdf<Sha256>, label: [u8; 64]) -> Self {
+        Self::expand_labelled(root, b"mpm/addr/v1", b"mpm/aead/v1", label)
+    }
+
+    fn expand_labelled(
+        root: &Hkdf<Sha256>,
+        addr_label: &[u8],
+        aead_label: &[u8],
+        label: [u8; 64],
+    ) -> Self {
         let mut addr = [0u8; 32];
         let mut aead = [0u8; 32];
         let mut info = Vec::with_capacity(16 + 64);
-        info.extend_from_slice(b"mpm/addr/v1");
+        info.extend_from_slice(addr_label);
         info.extend_from_slice(&label);
         // A 32-byte output is far below HKDF-SHA-256's limit of 8160 bytes.
         root.expand(&info, &mut addr)
             .unwrap_or_else(|_| unreachable!("32-byte HKDF output"));
         info.clear();
-        info.extend_from_slice(b"mpm/aead/v1");
+        info.extend_from_slice(aead_label);
         info.extend_from_slice(&label);
         root.expand(&info, &mut aead)
             .unwrap_or_else(|_| unreachable!("32-byte HKDF output"));
         Self { addr, aead, label }
+    }
+
+    /// The keys of one round of direction `sender -> recipient` in an epoch >= 1, from the
+    /// round's GGM leaf: `K_addr = HKDF-Expand(leaf, "mpm/addr/v2" || S || R)`, `K_aead =
+    /// HKDF-Expand(leaf, "mpm/aead/v2" || S || R)`. Valid for that round only.
+    pub fn from_leaf(leaf: &[u8; 32], sender: &[u8; 32], recipient: &[u8; 32]) -> Self {
+        let prk = Hkdf::<Sha256>::from_prk(leaf)
+            .unwrap_or_else(|_| unreachable!("a 32-byte PRK is valid for HKDF-SHA-256"));
+        let mut label = [0u8; 64];
+        label[..32].copy_from_slice(sender);
+        label[32..].copy_from_slice(recipient);
+        Self::expand_labelled(&prk, b"mpm/addr/v2", b"mpm/aead/v2", label)
+    }
+
+    /// The address key (tests compare keys across sides).
+    #[cfg(test)]
+    pub(crate) fn addr_key(&self) -> [u8; 32] {
+        self.addr
     }
 
     /// The self-pair keys, from the local random self-pair key.

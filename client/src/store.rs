@@ -10,19 +10,31 @@
 //!   inbox) is one transaction, and acks are only ever built from committed state, so a message
 //!   is persisted before it is acknowledged;
 //! * once a round is final its receipts and request bytes are deleted (they would prove
-//!   activity to a third party).
+//!   activity to a third party);
+//! * each contact's forward-secrecy state ([`crate::ratchet::Ratchet`]) is one row of
+//!   `ratchets`, changed in the same transactions as the writes and reads that use it. The
+//!   store runs with `secure_delete = ON` (freed content is overwritten with zeros) and
+//!   [`Store::scrub`] truncates the write-ahead log, so deleted keys do not linger in the files.
+//!
+//! The schema is versioned (`meta.schema`); [`Store::open`] migrates older versions in place.
 
 use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
+use zeroize::Zeroizing;
+
 use crate::delivery::{RecvState, SendState};
 use crate::error::Error;
 use crate::fsutil::{check_private, create_private_file};
+use crate::ratchet::{Direction, KeyBlock, Ratchet};
+use crate::session::Secret32;
 
-const SCHEMA_VERSION: i64 = 1;
+/// The schema this client reads and writes.
+pub const SCHEMA_VERSION: i64 = 2;
 
-const SCHEMA: &str = "
+/// Version 1 of the schema; later versions are reached through [`MIGRATIONS`].
+const SCHEMA_V1: &str = "
 CREATE TABLE meta (
     key TEXT PRIMARY KEY,
     value BLOB NOT NULL
@@ -96,6 +108,24 @@ CREATE TABLE links (
     updated_ms INTEGER NOT NULL
 );
 ";
+
+/// `MIGRATIONS[i]` takes the schema from version `i + 1` to `i + 2`.
+///
+/// Version 2 (forward secrecy): one `ratchets` row per contact. Contacts of a migrated store
+/// have no row yet: they are in epoch 0 (the static keys they used so far) and start their
+/// first DH step at their next write turn.
+const MIGRATIONS: &[&str] = &["
+CREATE TABLE ratchets (
+    contact_id INTEGER PRIMARY KEY REFERENCES contacts(id) ON DELETE CASCADE,
+    epoch INTEGER NOT NULL,
+    established INTEGER NOT NULL,
+    chain BLOB,
+    eph_secret BLOB,
+    block BLOB,
+    incoming BLOB NOT NULL,
+    outgoing BLOB NOT NULL
+);
+"];
 
 /// Rows of `rounds` kept for `status` after they are final.
 pub const ROUND_HISTORY: u64 = 64;
@@ -259,10 +289,24 @@ impl Store {
         }
         drop(create_private_file(path)?);
         let conn = Self::connect(path)?;
+        let migrations = MIGRATIONS.concat();
         conn.execute_batch(&format!(
-            "BEGIN; {SCHEMA} INSERT INTO meta (key, value) VALUES ('schema', {SCHEMA_VERSION}); COMMIT;"
+            "BEGIN; {SCHEMA_V1} {migrations}
+             INSERT INTO meta (key, value) VALUES ('schema', {SCHEMA_VERSION}); COMMIT;"
         ))?;
         Ok(Self { conn })
+    }
+
+    /// Creates a store of schema version 1, as clients before forward secrecy did (tests of
+    /// the migration).
+    #[cfg(test)]
+    pub(crate) fn create_v1(path: &Path) -> Result<(), Error> {
+        drop(create_private_file(path)?);
+        let conn = Self::connect(path)?;
+        conn.execute_batch(&format!(
+            "BEGIN; {SCHEMA_V1} INSERT INTO meta (key, value) VALUES ('schema', 1); COMMIT;"
+        ))?;
+        Ok(())
     }
 
     /// Opens an existing store, refusing one that others can read.
@@ -271,16 +315,30 @@ impl Store {
             return Err(Error::NotInitialised(path.to_path_buf()));
         }
         check_private(path)?;
-        let conn = Self::connect(path)?;
-        let version: Option<i64> = conn
+        let mut conn = Self::connect(path)?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let version: Option<i64> = tx
             .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
                 r.get(0)
             })
             .optional()?;
-        if version != Some(SCHEMA_VERSION) {
-            return Err(Error::Corrupt(format!(
-                "store schema {version:?}, this client reads {SCHEMA_VERSION}"
-            )));
+        match version {
+            Some(v) if (1..SCHEMA_VERSION).contains(&v) => {
+                for (i, m) in MIGRATIONS.iter().enumerate().skip((v - 1) as usize) {
+                    tx.execute_batch(m)?;
+                    tx.execute(
+                        "UPDATE meta SET value = ?1 WHERE key = 'schema'",
+                        [i as i64 + 2],
+                    )?;
+                }
+                tx.commit()?;
+            }
+            Some(SCHEMA_VERSION) => drop(tx),
+            _ => {
+                return Err(Error::Corrupt(format!(
+                    "store schema {version:?}, this client reads 1 to {SCHEMA_VERSION}"
+                )));
+            }
         }
         Ok(Self { conn })
     }
@@ -291,8 +349,20 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Deleted and overwritten content (old session keys) is zeroed, not left in free space.
+        conn.pragma_update(None, "secure_delete", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         Ok(conn)
+    }
+
+    /// Copies the write-ahead log into the database and truncates it to zero bytes, so page
+    /// versions holding deleted keys do not stay in the log. Returns `false` if a reader kept
+    /// it from completing (the client tries again after the next round).
+    pub fn scrub(&mut self) -> Result<bool, Error> {
+        let busy: i64 = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        Ok(busy == 0)
     }
 
     /// Begins a transaction (IMMEDIATE: a concurrent one-shot command waits for the daemon).
@@ -317,6 +387,12 @@ impl Tx<'_> {
     pub fn commit(self) -> Result<(), Error> {
         self.tx.commit()?;
         Ok(())
+    }
+
+    /// The connection, for tests that query the database directly.
+    #[cfg(test)]
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.tx
     }
 
     // ---- meta ----
@@ -824,6 +900,88 @@ impl Tx<'_> {
         Ok(())
     }
 
+    // ---- ratchets ----
+
+    /// A contact's forward-secrecy state, if one was stored.
+    pub fn ratchet(&self, contact_id: i64) -> Result<Option<Ratchet>, Error> {
+        type Row = (
+            i64,
+            i64,
+            Option<Vec<u8>>,
+            Option<Vec<u8>>,
+            Option<Vec<u8>>,
+            Vec<u8>,
+            Vec<u8>,
+        );
+        let row: Option<Row> = self
+            .tx
+            .query_row(
+                "SELECT epoch, established, chain, eph_secret, block, incoming, outgoing
+                 FROM ratchets WHERE contact_id = ?1",
+                [contact_id],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((epoch, established, chain, eph, block, incoming, outgoing)) = row else {
+            return Ok(None);
+        };
+        let secret = |v: Option<Vec<u8>>| -> Result<Option<Secret32>, Error> {
+            v.map(|v| {
+                let v = Zeroizing::new(v);
+                <[u8; 32]>::try_from(v.as_slice())
+                    .map(Secret32)
+                    .map_err(|_| Error::Corrupt(format!("ratchet key of {} bytes", v.len())))
+            })
+            .transpose()
+        };
+        let block = block
+            .map(|b| KeyBlock::decode(&b).ok_or_else(|| Error::Corrupt("ratchet block".into())))
+            .transpose()?;
+        let (incoming, outgoing) = (Zeroizing::new(incoming), Zeroizing::new(outgoing));
+        Ok(Some(Ratchet {
+            epoch: to_u32(epoch)?,
+            established: to_u64(established)?,
+            chain: secret(chain)?,
+            eph: secret(eph)?,
+            block,
+            incoming: Direction::from_bytes(&incoming)?,
+            outgoing: Direction::from_bytes(&outgoing)?,
+        }))
+    }
+
+    /// Saves a contact's forward-secrecy state, overwriting the previous one in place.
+    pub fn set_ratchet(&self, contact_id: i64, r: &Ratchet) -> Result<(), Error> {
+        self.tx.execute(
+            "INSERT INTO ratchets (contact_id, epoch, established, chain, eph_secret, block,
+             incoming, outgoing) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT(contact_id) DO UPDATE SET epoch = excluded.epoch,
+             established = excluded.established, chain = excluded.chain,
+             eph_secret = excluded.eph_secret, block = excluded.block,
+             incoming = excluded.incoming, outgoing = excluded.outgoing",
+            params![
+                contact_id,
+                r.epoch,
+                to_i64(r.established)?,
+                r.chain.as_ref().map(|c| &c.0[..]),
+                r.eph.as_ref().map(|c| &c.0[..]),
+                r.block.map(|b| b.encode().to_vec()),
+                &r.incoming.to_bytes()[..],
+                &r.outgoing.to_bytes()[..],
+            ],
+        )?;
+        Ok(())
+    }
+
     // ---- links ----
 
     /// Records the outcome of an exchange with a server.
@@ -1077,6 +1235,44 @@ mod tests {
             (None, None, None, None)
         );
         tx.commit()?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_version_1_store_is_migrated_and_ratchets_persist() -> Result<(), Error> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io(Path::new("tmp"), e))?;
+        let path = dir.path().join("store.db");
+        Store::create_v1(&path)?;
+        Connection::open(&path)?.execute(
+            "INSERT INTO contacts (name, public_key, idx, added_ms) VALUES ('bob', ?1, 0, 0)",
+            [&[1u8; 32][..]],
+        )?;
+        let mut s = Store::open(&path)?;
+        let tx = s.tx()?;
+        assert_eq!(tx.meta_u64("schema")?, Some(SCHEMA_VERSION as u64));
+        let bob = tx.contact_by_name("bob")?;
+        assert!(
+            tx.ratchet(bob.id)?.is_none(),
+            "migrated contacts start in epoch 0"
+        );
+        let mut r = Ratchet::new();
+        r.start_step(&mut dpf::SeededRandom::new([1; 32]));
+        r.incoming.cur = Some(crate::ratchet::GgmTree::new(&[2; 32]));
+        r.incoming.consumed(77);
+        tx.set_ratchet(bob.id, &r)?;
+        let back = tx.ratchet(bob.id)?.ok_or(Error::Corrupt("gone".into()))?;
+        assert_eq!((back.epoch, back.block), (r.epoch, r.block));
+        assert_eq!(back.secrets(), r.secrets());
+        assert_eq!(back.incoming.seeds(), r.incoming.seeds());
+        tx.remove_contact("bob")?;
+        assert!(tx.ratchet(bob.id)?.is_none(), "removed with its contact");
+        tx.set_meta_u64("schema", 3)?;
+        tx.commit()?;
+        drop(s);
+        assert!(
+            matches!(Store::open(&path), Err(Error::Corrupt(_))),
+            "newer schema"
+        );
         Ok(())
     }
 
