@@ -53,10 +53,22 @@ pub struct Config {
     /// Registrations accepted per minute (all sources together).
     #[serde(default = "default_registrations_per_minute")]
     pub registrations_per_minute: u32,
+    /// Client-port connections served at once, all sources together (further connections
+    /// wait in the listen backlog).
+    #[serde(default = "default_client_max_connections")]
+    pub client_max_connections: usize,
+    /// Client-port connections served at once from one IP address; 0 means no per-address
+    /// limit. Connections over the limit are closed at once.
+    #[serde(default)]
+    pub client_max_connections_per_ip: usize,
 }
 
 fn default_registrations_per_minute() -> u32 {
     60
+}
+
+fn default_client_max_connections() -> usize {
+    1024
 }
 
 /// A configuration problem.
@@ -170,6 +182,11 @@ impl Config {
                     "admin_listen serves plain HTTP and must be a loopback address".into(),
                 ));
             }
+        }
+        if self.client_max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "client_max_connections must be at least 1".into(),
+            ));
         }
         if let Registration::Invite { tokens } = &self.registration
             && tokens

@@ -16,9 +16,12 @@
 //! * [`server`]: the thin tokio shell: [`run`] serves the client port (TLS), the peer port
 //!   (mutual TLS with the pinned peer certificate) and an optional loopback admin port
 //!   (`/metrics`, `/healthz`, `/readyz`).
+//!   On shutdown it first drains: new writes are refused and the rounds in progress are
+//!   finished (or abandoned) together with the peer before it exits.
 //! * [`config`]: the TOML configuration; [`ops`]: `init`, `set-peer`, `check-config` and
 //!   running from a config file, shared by the `server-a` and `server-b` binaries.
-//! * [`metrics`]: Prometheus counters without per-client labels.
+//! * [`metrics`]: Prometheus counters, gauges and fixed-bucket histograms without per-client
+//!   labels; [`health`]: what `/readyz` means ("serving and in sync").
 //!
 //! ## Invariants
 //! * A write half is persisted before its receipt is sent; a commit before its ack; every peer
@@ -38,6 +41,7 @@
 
 pub mod compute;
 pub mod config;
+pub mod health;
 pub mod machine;
 pub mod metrics;
 pub mod ops;

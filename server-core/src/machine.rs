@@ -75,6 +75,53 @@ pub enum Action {
         /// First round kept.
         below: u64,
     },
+    /// A step of the round close finished (for metrics; measured with the machine's inputs).
+    PhaseDone {
+        /// The round.
+        round: u64,
+        /// Which span of the round close.
+        phase: RoundPhase,
+        /// Its length in milliseconds.
+        ms: u64,
+    },
+}
+
+/// Spans of the round close reported by [`Action::PhaseDone`] (docs/operations.md §4). All are
+/// measured on this server's clock; after a restart a span that began before it includes the
+/// downtime (the cutoff-based ones) or is not reported (the others).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RoundPhase {
+    /// From the round's nominal CUTOFF instant to holding both frozen views (accepted set
+    /// derived).
+    CutoffToSets,
+    /// From the accepted set to the audit comparison (own evaluation done, the peer's audit
+    /// values received, the final share sent).
+    Audit,
+    /// From the audit comparison to the outcome with both signed hashes (shares swapped,
+    /// `M_r` persisted, hashes swapped and compared).
+    Exchange,
+    /// From the round's nominal CUTOFF instant to PUBLISHED.
+    CutoffToPublished,
+}
+
+impl RoundPhase {
+    /// Every phase, in order.
+    pub const ALL: [RoundPhase; 4] = [
+        RoundPhase::CutoffToSets,
+        RoundPhase::Audit,
+        RoundPhase::Exchange,
+        RoundPhase::CutoffToPublished,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoundPhase::CutoffToSets => "cutoff_to_sets",
+            RoundPhase::Audit => "audit",
+            RoundPhase::Exchange => "exchange",
+            RoundPhase::CutoffToPublished => "cutoff_to_published",
+        }
+    }
 }
 
 /// Static configuration of the machine.
@@ -143,6 +190,9 @@ struct RoundState {
     status: Option<RoundStatus>,
     reads_answered: bool,
     state_lost: bool,
+    /// When (this process saw) the accepted set derived; the audit comparison done.
+    sets_at: Option<u64>,
+    audit_at: Option<u64>,
 }
 
 impl RoundState {
@@ -239,6 +289,38 @@ impl Machine {
             Some(RoundStatus::Published(_)) => s.array.clone(),
             _ => None,
         }
+    }
+
+    /// The latest round that is final (published or abandoned) among the rounds still kept.
+    pub fn last_final_round(&self) -> Option<u64> {
+        self.rounds
+            .iter()
+            .rev()
+            .find(|(_, s)| s.is_final())
+            .map(|(r, _)| *r)
+    }
+
+    /// Whether every kept round up to and including `round` is final (older rounds are
+    /// forgotten, hence final too).
+    pub fn all_final_through(&self, round: u64) -> bool {
+        self.rounds
+            .range(..=round)
+            .all(|(r, s)| *r < self.forgotten_below || s.is_final())
+    }
+
+    /// Bytes held in arrays and share arrays of the kept rounds (the all-zero array included).
+    pub fn held_array_bytes(&self) -> u64 {
+        let len = |v: Option<usize>| v.unwrap_or(0) as u64;
+        let rounds: u64 = self
+            .rounds
+            .values()
+            .map(|s| {
+                len(s.array.as_ref().map(|a| a.len()))
+                    + len(s.own_share.as_ref().map(Vec::len))
+                    + len(s.peer_shares.as_ref().map(Vec::len))
+            })
+            .sum();
+        rounds + len(self.zero.as_ref().map(|z| z.len()))
     }
 
     fn check_fingerprint(&self, fp: &Hash) -> Result<(), ApiError> {
@@ -952,6 +1034,12 @@ impl Machine {
             };
             let accepted = admit(accepted, p.max_writers as usize, round, &na, &nb);
             st.accepted = Some(accepted);
+            st.sets_at = Some(now);
+            actions.push(Action::PhaseDone {
+                round,
+                phase: RoundPhase::CutoffToSets,
+                ms: now.saturating_sub(p.at_offset_ms(round, p.cutoff_ms)),
+            });
         }
         if st.state_lost {
             return self.abandon(round, AbandonReason::LocalStateLost, true);
@@ -1032,6 +1120,14 @@ impl Machine {
             }
             st.passed = Some(passed);
             st.share_final = true;
+            st.audit_at = Some(now);
+            if let Some(t) = st.sets_at {
+                actions.push(Action::PhaseDone {
+                    round,
+                    phase: RoundPhase::Audit,
+                    ms: now.saturating_sub(t),
+                });
+            }
             // Sent even if we already hold M_r (after a restart): the peer may not have it.
             if let Some(share) = &st.own_share {
                 actions.push(Action::SendPeer(PeerMessage::Shares(SharesMessage {
@@ -1102,6 +1198,18 @@ impl Machine {
                 actions.push(Action::Persist {
                     key: RecordKey::round(round, "outcome"),
                     bytes: codec::encode(&status),
+                });
+                if let Some(t) = st.audit_at {
+                    actions.push(Action::PhaseDone {
+                        round,
+                        phase: RoundPhase::Exchange,
+                        ms: now.saturating_sub(t),
+                    });
+                }
+                actions.push(Action::PhaseDone {
+                    round,
+                    phase: RoundPhase::CutoffToPublished,
+                    ms: now.saturating_sub(p.at_offset_ms(round, p.cutoff_ms)),
                 });
                 actions.push(Action::Published { round });
             } else {

@@ -87,6 +87,8 @@ pub fn init(opts: &InitOptions) -> Result<InitOutput, ConfigError> {
         params,
         registration: opts.registration.clone(),
         registrations_per_minute: 60,
+        client_max_connections: 1024,
+        client_max_connections_per_ip: 0,
     };
     config.save(&config_path)?;
     Ok(InitOutput {

@@ -3,18 +3,36 @@
 
 use crate::compute::{answer_reads, run_audit, worker_count};
 use crate::config::{Config, ConfigError, load_signing_key};
+use crate::health::{ReadinessInput, readiness};
 use crate::machine::{Action, ApiError, Machine, MachineConfig, ReadJob};
 use crate::metrics::Metrics;
 use crate::store::{RecordKey, Store, StoreError};
-use protocol::{ErrorCode, ErrorResponse, PeerAck, PeerMessage, Role, codec, paths};
+use protocol::{ErrorCode, ErrorResponse, Params, PeerAck, PeerMessage, Role, codec, paths};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
 use transport::{HttpsClient, Identity, Request, Response, ServerLimits};
+
+/// After a shutdown request, how long past the publish deadline of the round current at the
+/// request the server keeps waiting for the peer to acknowledge its last messages.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(1);
+/// Client port: time allowed for a TLS handshake.
+pub const CLIENT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Client port: time allowed for a request's headers (also the idle keep-alive limit), and
+/// separately for its body.
+pub const CLIENT_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Peer port: connections at once, in total.
+pub const PEER_MAX_CONNECTIONS: usize = 64;
+/// Peer port: connections at once from one IP address.
+pub const PEER_MAX_CONNECTIONS_PER_IP: usize = 32;
+/// Peer port: time allowed for a TLS handshake.
+pub const PEER_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -50,10 +68,26 @@ struct Shared {
     peer_pin: transport::Pin,
     metrics: Arc<Metrics>,
     role: Role,
-    slot_len: usize,
+    params: Params,
     reads: mpsc::Sender<(ReadJob, ReadReply)>,
+    /// Hard stop: every task ends. Also "stopped" once the sender is gone (`run` was dropped).
     stop: watch::Receiver<bool>,
-    ready: AtomicBool,
+    /// Listeners are serving.
+    listening: AtomicBool,
+    /// A shutdown was requested: no new writes or registrations; rounds are being finished.
+    /// Set while holding the machine lock, so no write slips in after it.
+    draining: AtomicBool,
+    /// Unix ms at which this process started serving.
+    started_ms: u64,
+    /// Unix ms of the last successful exchange with the peer (0: none yet).
+    last_peer_ok_ms: AtomicU64,
+    /// Unix ms of the last delivery attempt that could not reach the peer at all (connect,
+    /// TLS or timeout error; 0: none yet).
+    last_peer_unreachable_ms: AtomicU64,
+    /// Peer messages not yet acknowledged, by round.
+    pending_deliveries: Mutex<BTreeMap<u64, usize>>,
+    /// Background tasks (peer deliveries, audits), ended at shutdown.
+    background: Mutex<JoinSet<()>>,
 }
 
 impl Shared {
@@ -62,10 +96,84 @@ impl Shared {
         // matters more than stopping would; keep serving.
         self.machine.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    fn stopped(&self) -> bool {
+        *self.stop.borrow() || self.stop.has_changed().is_err()
+    }
+
+    fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    fn peer_ok(&self) {
+        self.last_peer_ok_ms.fetch_max(now_ms(), Ordering::Relaxed);
+    }
+
+    fn spawn_background(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let mut set = self.background.lock().unwrap_or_else(|p| p.into_inner());
+        while set.try_join_next().is_some() {}
+        set.spawn(task);
+    }
+
+    fn deliveries_pending_through(&self, round: u64) -> bool {
+        let pending = self
+            .pending_deliveries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        pending.range(..=round).any(|(_, n)| *n > 0)
+    }
+
+    /// The readiness rule's inputs at `now`, given the machine's latest final round.
+    fn readiness_input(&self, now: u64, last_final_round: Option<u64>) -> ReadinessInput {
+        let last = self.last_peer_ok_ms.load(Ordering::Relaxed);
+        ReadinessInput {
+            now_ms: now,
+            params: self.params,
+            listeners_up: self.listening.load(Ordering::Relaxed),
+            draining: self.draining(),
+            started_ms: self.started_ms,
+            last_peer_ok_ms: (last > 0).then_some(last),
+            last_final_round,
+        }
+    }
 }
 
-fn error_response(metrics: &Metrics, e: &ApiError) -> Response {
-    metrics.error(e.code);
+/// Counts one unacknowledged peer message of a round while it lives.
+struct PendingDelivery {
+    shared: Arc<Shared>,
+    round: u64,
+}
+
+impl PendingDelivery {
+    fn new(shared: Arc<Shared>, round: u64) -> PendingDelivery {
+        *shared
+            .pending_deliveries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(round)
+            .or_insert(0) += 1;
+        PendingDelivery { shared, round }
+    }
+}
+
+impl Drop for PendingDelivery {
+    fn drop(&mut self) {
+        let mut pending = self
+            .shared
+            .pending_deliveries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = pending.get_mut(&self.round) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                pending.remove(&self.round);
+            }
+        }
+    }
+}
+
+fn error_response(metrics: &Metrics, endpoint: &str, e: &ApiError) -> Response {
+    metrics.error(endpoint, e.code);
     let body = codec::encode(&ErrorResponse::new(e.code, e.message.clone()));
     Response::binary(e.code.http_status(), body)
 }
@@ -77,8 +185,12 @@ fn api(code: ErrorCode, message: impl Into<String>) -> ApiError {
     }
 }
 
-/// Runs one server until `shutdown` completes. Listeners are bound by the caller (tests bind
-/// `127.0.0.1:0`). The admin listener serves plain HTTP and must be on loopback.
+/// Runs one server until `shutdown` completes, then shuts down gracefully: `/readyz` turns 503,
+/// new writes and registrations are refused (`unavailable`), the rounds up to the current one
+/// are finished with the peer (see `drain`), then every task stops and `run` returns. Every
+/// state change is persisted before it takes effect, so there is nothing left to flush.
+/// Listeners are bound by the caller (tests bind `127.0.0.1:0`). The admin listener serves
+/// plain HTTP and must be on loopback.
 pub async fn run(
     config: Config,
     client_listener: TcpListener,
@@ -148,6 +260,9 @@ pub async fn run_with_metrics(
         .with_max_response_bytes(64 << 10);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (read_tx, read_rx) = mpsc::channel(1024);
+    metrics
+        .array_bytes
+        .store(params.array_bytes(), Ordering::Relaxed);
     let shared = Arc::new(Shared {
         machine: Mutex::new(machine),
         store,
@@ -155,17 +270,23 @@ pub async fn run_with_metrics(
         peer_pin,
         metrics: metrics.clone(),
         role,
-        slot_len: params.slot_len as usize,
+        params,
         reads: read_tx,
         stop: stop_rx.clone(),
-        ready: AtomicBool::new(false),
+        listening: AtomicBool::new(false),
+        draining: AtomicBool::new(false),
+        started_ms: now,
+        last_peer_ok_ms: AtomicU64::new(0),
+        last_peer_unreachable_ms: AtomicU64::new(0),
+        pending_deliveries: Mutex::new(BTreeMap::new()),
+        background: Mutex::new(JoinSet::new()),
     });
     let _ = execute(shared.clone(), resumed).await;
 
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut tasks = JoinSet::new();
     // Clock.
     {
         let shared = shared.clone();
@@ -183,32 +304,60 @@ pub async fn run_with_metrics(
                 if let Some(r) = params.round_at(now) {
                     shared.metrics.current_round.store(r, Ordering::Relaxed);
                 }
-                let actions = shared.machine().tick(now);
+                let (actions, last_final, held) = {
+                    let mut m = shared.machine();
+                    let actions = m.tick(now);
+                    (actions, m.last_final_round(), m.held_array_bytes())
+                };
+                let m = &shared.metrics;
+                m.arrays_held_bytes.store(held, Ordering::Relaxed);
+                if let Some(f) = last_final {
+                    m.last_final_round.fetch_max(f, Ordering::Relaxed);
+                }
+                let ready = readiness(&shared.readiness_input(now, last_final)).is_ok();
+                m.ready.store(u64::from(ready), Ordering::Relaxed);
                 let _ = execute(shared.clone(), actions).await;
             }
         });
     }
     // Read batcher.
     tasks.spawn(read_batcher(shared.clone(), read_rx, stop_rx.clone()));
+    // Listeners (bound by the caller, so connections queue in the backlog until now). A
+    // listener task that ends while the server runs clears this again.
+    shared.listening.store(true, Ordering::Relaxed);
     // Client port.
     {
         let shared = shared.clone();
         let tls = transport::server_config(&identity, None)?;
         let limits = ServerLimits {
             max_body_bytes: 1 << 20,
+            max_connections: config.client_max_connections.max(1),
+            max_connections_per_ip: match config.client_max_connections_per_ip {
+                0 => usize::MAX,
+                n => n,
+            },
+            handshake_timeout: CLIENT_HANDSHAKE_TIMEOUT,
+            read_timeout: CLIENT_READ_TIMEOUT,
             ..ServerLimits::default()
         };
+        let stats = metrics.port("client");
         let stop = stopped(stop_rx.clone());
         tasks.spawn(async move {
+            let watch = shared.clone();
             let handler = move |req: Request| {
                 let shared = shared.clone();
                 async move { handle_client(shared, req).await }
             };
-            if let Err(e) =
-                transport::serve(client_listener, Some(tls), limits, handler, stop).await
-            {
-                tracing::error!(error = %e, "client listener failed");
-            }
+            let r = transport::serve_with_stats(
+                client_listener,
+                Some(tls),
+                limits,
+                stats,
+                handler,
+                stop,
+            )
+            .await;
+            listener_ended(&watch, "client", r);
         });
     }
     // Peer port (mutual TLS, only the pinned peer certificate).
@@ -217,19 +366,23 @@ pub async fn run_with_metrics(
         let tls = transport::server_config(&identity, Some(peer_pin))?;
         let limits = ServerLimits {
             max_body_bytes: params.array_bytes() as usize + 4096,
-            max_connections: 64,
+            max_connections: PEER_MAX_CONNECTIONS,
+            max_connections_per_ip: PEER_MAX_CONNECTIONS_PER_IP,
+            handshake_timeout: PEER_HANDSHAKE_TIMEOUT,
             ..ServerLimits::default()
         };
+        let stats = metrics.port("peer");
         let stop = stopped(stop_rx.clone());
         tasks.spawn(async move {
+            let watch = shared.clone();
             let handler = move |req: Request| {
                 let shared = shared.clone();
                 async move { handle_peer(shared, req).await }
             };
-            if let Err(e) = transport::serve(peer_listener, Some(tls), limits, handler, stop).await
-            {
-                tracing::error!(error = %e, "peer listener failed");
-            }
+            let r =
+                transport::serve_with_stats(peer_listener, Some(tls), limits, stats, handler, stop)
+                    .await;
+            listener_ended(&watch, "peer", r);
         });
     }
     // Admin port (plain HTTP, loopback).
@@ -240,32 +393,120 @@ pub async fn run_with_metrics(
             max_connections: 16,
             ..ServerLimits::default()
         };
+        let stats = metrics.port("admin");
         let stop = stopped(stop_rx.clone());
         tasks.spawn(async move {
+            let watch = shared.clone();
             let handler = move |req: Request| {
                 let shared = shared.clone();
                 async move { handle_admin(&shared, &req) }
             };
-            if let Err(e) = transport::serve(admin, None, limits, handler, stop).await {
-                tracing::error!(error = %e, "admin listener failed");
-            }
+            let r = transport::serve_with_stats(admin, None, limits, stats, handler, stop).await;
+            listener_ended(&watch, "admin", r);
         });
     }
-    shared.ready.store(true, Ordering::Relaxed);
     tracing::info!(role = %role, "server running");
     shutdown.await;
-    tracing::info!(role = %role, "shutting down");
-    shared.ready.store(false, Ordering::Relaxed);
+    drain(&shared).await;
+    shared.listening.store(false, Ordering::Relaxed);
     let _ = stop_tx.send(true);
-    let drain = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(10), drain)
+    let drain_tasks = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(10), drain_tasks)
         .await
         .is_err()
     {
         tracing::warn!("some tasks did not stop in time");
     }
+    // Peer deliveries stop at once; an audit still computing is dropped (a restart recomputes
+    // it from the persisted halves).
+    let mut background =
+        std::mem::take(&mut *shared.background.lock().unwrap_or_else(|p| p.into_inner()));
+    let ended = async { while background.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(2), ended)
+        .await
+        .is_err()
+    {
+        background.abort_all();
+    }
     // Every state change was persisted before it took effect; nothing is left to flush.
+    tracing::info!(role = %role, "stopped");
     Ok(())
+}
+
+/// A listener returned: expected at shutdown; otherwise the server is no longer ready.
+fn listener_ended(shared: &Shared, port: &str, result: std::io::Result<()>) {
+    if let Err(e) = &result {
+        tracing::error!(port, error = %e, "listener failed");
+    }
+    if !shared.stopped() {
+        tracing::error!(port, "listener stopped while the server runs");
+        shared.listening.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Graceful shutdown, first part: refuse new writes and registrations, then keep closing rounds
+/// with the peer until every round up to the one current at the request is final (published
+/// or abandoned) and the peer acknowledged every message of those rounds. Stops waiting
+/// otherwise [`DRAIN_GRACE`] after that round's publish deadline (by its deadline the round is
+/// final anyway: the machine abandons it), or as soon as the peer is gone (a delivery
+/// could not reach it since the request, and nothing was exchanged for a round length; a
+/// healthy peer exchanges several messages per round). Stopping early is what a crash does:
+/// the restart logic keeps both servers consistent. Reads, commits (of writes already
+/// received), round status and the peer port keep working meanwhile.
+async fn drain(shared: &Arc<Shared>) {
+    {
+        let _machine = shared.machine();
+        shared.draining.store(true, Ordering::Relaxed);
+    }
+    shared.metrics.ready.store(0, Ordering::Relaxed);
+    let p = shared.params;
+    let started = now_ms();
+    let Some(round) = p.round_at(started) else {
+        tracing::info!(role = %shared.role, "shutting down (before round 0)");
+        return;
+    };
+    let limit = p
+        .at_offset_ms(round, p.publish_deadline_ms)
+        .saturating_add(DRAIN_GRACE.as_millis() as u64);
+    tracing::info!(
+        role = %shared.role,
+        round,
+        "shutting down: no new writes; finishing rounds up to {round} with the peer"
+    );
+    loop {
+        let final_ = shared.machine().all_final_through(round);
+        if final_ && !shared.deliveries_pending_through(round) {
+            let outcome = match shared.machine().status(round) {
+                protocol::RoundStatus::Published(_) => "published",
+                protocol::RoundStatus::Abandoned(_) => "abandoned",
+                _ => "forgotten",
+            };
+            tracing::info!(
+                round,
+                outcome,
+                ms = now_ms().saturating_sub(started),
+                "rounds finished with the peer"
+            );
+            return;
+        }
+        let now = now_ms();
+        let last_ok = shared.last_peer_ok_ms.load(Ordering::Relaxed);
+        let unreachable = shared.last_peer_unreachable_ms.load(Ordering::Relaxed);
+        let peer_gone = unreachable >= started
+            && unreachable > last_ok
+            && now.saturating_sub(last_ok) >= p.round_ms;
+        if now >= limit || peer_gone || shared.stopped() {
+            tracing::warn!(
+                round,
+                final_,
+                peer_gone,
+                "stopping before every round was finished with the peer; a restart resends \
+                 our messages and finishes or abandons those rounds together with the peer"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn restore(
@@ -354,15 +595,27 @@ fn execute(
                     }
                 }
                 Action::SendPeer(msg) => {
-                    tokio::spawn(deliver(shared.clone(), msg));
+                    // Counted before the task starts, so a drain never misses it.
+                    let pending = PendingDelivery::new(shared.clone(), msg.round());
+                    shared.spawn_background(deliver(shared.clone(), msg, pending));
                 }
                 Action::Audit(job) => {
-                    let shared = shared.clone();
-                    tokio::spawn(async move {
+                    let task_shared = shared.clone();
+                    shared.spawn_background(async move {
+                        let shared = task_shared;
                         let round = job.round;
+                        let started = Instant::now();
                         let res =
                             tokio::task::spawn_blocking(move || run_audit(&job, worker_count()))
                                 .await;
+                        if shared.stopped() {
+                            // Stopped meanwhile: a restart recomputes the audit.
+                            return;
+                        }
+                        shared
+                            .metrics
+                            .audit_eval
+                            .observe_ms(started.elapsed().as_millis() as u64);
                         let now = now_ms();
                         let more = match res {
                             Ok(Ok(result)) => shared.machine().audit_done(now, result),
@@ -387,6 +640,10 @@ fn execute(
                         .metrics
                         .last_published_round
                         .fetch_max(round, Ordering::Relaxed);
+                    shared
+                        .metrics
+                        .last_final_round
+                        .fetch_max(round, Ordering::Relaxed);
                     tracing::info!(round, "round published");
                 }
                 Action::Abandoned { round, reason } => {
@@ -394,7 +651,15 @@ fn execute(
                         .metrics
                         .rounds_abandoned
                         .fetch_add(1, Ordering::Relaxed);
+                    shared
+                        .metrics
+                        .last_final_round
+                        .fetch_max(round, Ordering::Relaxed);
                     tracing::warn!(round, ?reason, "round abandoned");
+                }
+                Action::PhaseDone { round, phase, ms } => {
+                    shared.metrics.phase(phase, ms);
+                    tracing::debug!(round, phase = phase.as_str(), ms, "round phase done");
                 }
                 Action::Alarm { round, message } => {
                     shared.metrics.alarms.fetch_add(1, Ordering::Relaxed);
@@ -420,14 +685,14 @@ fn execute(
 }
 
 /// Delivers one peer message, retrying with backoff until acknowledged, the round is
-/// forgotten, or the server stops.
-async fn deliver(shared: Arc<Shared>, msg: PeerMessage) {
+/// forgotten, or the server stops. `_pending` counts it as unacknowledged until it returns.
+async fn deliver(shared: Arc<Shared>, msg: PeerMessage, _pending: PendingDelivery) {
     let body = codec::encode(&msg);
     let round = msg.round();
     let mut backoff = Duration::from_millis(50);
     let mut stop = shared.stop.clone();
     loop {
-        if *stop.borrow() {
+        if shared.stopped() {
             return;
         }
         if shared.machine().status(round) == protocol::RoundStatus::Forgotten {
@@ -435,6 +700,7 @@ async fn deliver(shared: Arc<Shared>, msg: PeerMessage) {
         }
         match shared.peer.post(paths::PEER, body.clone()).await {
             Ok((200, resp)) if codec::decode::<PeerAck>(&resp).is_ok_and(|a| a.round == round) => {
+                shared.peer_ok();
                 shared
                     .metrics
                     .peer_messages_sent
@@ -457,6 +723,9 @@ async fn deliver(shared: Arc<Shared>, msg: PeerMessage) {
                 }
             }
             Err(e) => {
+                shared
+                    .last_peer_unreachable_ms
+                    .fetch_max(now_ms(), Ordering::Relaxed);
                 shared
                     .metrics
                     .peer_send_failures
@@ -505,7 +774,7 @@ async fn read_batcher(
                 .iter_mut()
                 .flat_map(|(j, _)| std::mem::take(&mut j.keys))
                 .collect();
-            let (slot_len, role) = (shared.slot_len, shared.role);
+            let (slot_len, role) = (shared.params.slot_len as usize, shared.role);
             let res = tokio::task::spawn_blocking(move || {
                 answer_reads(&array, slot_len, &keys, role, worker_count())
             })
@@ -516,6 +785,10 @@ async fn read_batcher(
                         .metrics
                         .read_keys_answered
                         .fetch_add(answers.len() as u64, Ordering::Relaxed);
+                    shared
+                        .metrics
+                        .reads_answered
+                        .fetch_add(group.len() as u64, Ordering::Relaxed);
                     let mut it = answers.into_iter();
                     for ((_, reply), n) in group.into_iter().zip(counts) {
                         let _ = reply.send(Ok(it.by_ref().take(n).collect()));
@@ -574,13 +847,17 @@ async fn handle_client(shared: Arc<Shared>, req: Request) -> Response {
     };
     shared.metrics.request(endpoint);
     if req.method != "POST" {
-        return error_response(&shared.metrics, &api(ErrorCode::NotFound, "use POST"));
+        return error_response(
+            &shared.metrics,
+            endpoint,
+            &api(ErrorCode::NotFound, "use POST"),
+        );
     }
     match client_request(&shared, endpoint, &req.body).await {
         Ok(body) => Response::binary(200, body),
         Err(e) => {
             tracing::debug!(endpoint, code = e.code.as_str(), "request refused");
-            error_response(&shared.metrics, &e)
+            error_response(&shared.metrics, endpoint, &e)
         }
     }
 }
@@ -592,6 +869,7 @@ async fn client_request(
 ) -> Result<Vec<u8>, ApiError> {
     let now = now_ms();
     let internal = |_| api(ErrorCode::Internal, "cannot persist, try again");
+    let shutting_down = || api(ErrorCode::Unavailable, "the server is shutting down");
     match endpoint {
         "info" => {
             let _: protocol::InfoRequest = decode(body)?;
@@ -603,7 +881,15 @@ async fn client_request(
         }
         "register" => {
             let r: protocol::RegisterRequest = decode(body)?;
-            let (resp, actions) = shared.machine().handle_register(now, &r)?;
+            let (resp, actions) = {
+                let mut m = shared.machine();
+                let (resp, actions) = m.handle_register(now, &r)?;
+                if !actions.is_empty() && shared.draining() {
+                    m.rollback_register(&r);
+                    return Err(shutting_down());
+                }
+                (resp, actions)
+            };
             if let Err(e) = execute(shared.clone(), actions).await {
                 shared.machine().rollback_register(&r);
                 return Err(internal(e));
@@ -615,7 +901,17 @@ async fn client_request(
         "write" => {
             let w: protocol::WriteRequest = decode(body)?;
             let (round, id) = (w.round, w.request_id);
-            let (receipt, actions) = shared.machine().handle_write(now, w)?;
+            let (receipt, actions) = {
+                // New writes are refused once a shutdown began (an identical retry of one
+                // accepted before still gets its receipt: it needs no action).
+                let mut m = shared.machine();
+                let (receipt, actions) = m.handle_write(now, w)?;
+                if !actions.is_empty() && shared.draining() {
+                    m.rollback_write(round, &id);
+                    return Err(shutting_down());
+                }
+                (receipt, actions)
+            };
             if let Err(e) = execute(shared.clone(), actions).await {
                 shared.machine().rollback_write(round, &id);
                 return Err(internal(e));
@@ -677,6 +973,7 @@ async fn handle_peer(shared: Arc<Shared>, req: Request) -> Response {
         execute(shared.clone(), actions)
             .await
             .map_err(|_| api(ErrorCode::Internal, "cannot persist"))?;
+        shared.peer_ok();
         Ok(codec::encode(&ack))
     }
     .await;
@@ -684,7 +981,7 @@ async fn handle_peer(shared: Arc<Shared>, req: Request) -> Response {
         Ok(body) => Response::binary(200, body),
         Err(e) => {
             tracing::warn!(code = e.code.as_str(), reason = %e.message, "peer message refused");
-            error_response(&shared.metrics, &e)
+            error_response(&shared.metrics, "peer", &e)
         }
     }
 }
@@ -699,10 +996,11 @@ fn handle_admin(shared: &Shared, req: &Request) -> Response {
         }
         "/healthz" => Response::text(200, "ok\n"),
         "/readyz" => {
-            if shared.ready.load(Ordering::Relaxed) {
-                Response::text(200, "ready\n")
-            } else {
-                Response::text(503, "not ready\n")
+            let now = now_ms();
+            let last_final = shared.machine().last_final_round();
+            match readiness(&shared.readiness_input(now, last_final)) {
+                Ok(()) => Response::text(200, "ready\n"),
+                Err(reason) => Response::text(503, format!("not ready: {reason}\n")),
             }
         }
         _ => Response::text(404, "not found\n"),

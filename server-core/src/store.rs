@@ -9,7 +9,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"MPMREC1\0";
-const HEADER: usize = 8 + 8 + 32;
+/// Length of a record file's header.
+pub const HEADER: usize = 8 + 8 + 32;
 
 /// Where one record lives, relative to the state directory.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -115,11 +116,7 @@ impl Store {
         let tmp = dir.join(format!(".{}.tmp", key.name));
         {
             let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-            let digest: [u8; 32] = Sha256::digest(payload).into();
-            f.write_all(MAGIC).map_err(io_err(&tmp))?;
-            f.write_all(&(payload.len() as u64).to_le_bytes())
-                .map_err(io_err(&tmp))?;
-            f.write_all(&digest).map_err(io_err(&tmp))?;
+            f.write_all(&record_header(payload)).map_err(io_err(&tmp))?;
             f.write_all(payload).map_err(io_err(&tmp))?;
             f.sync_all().map_err(io_err(&tmp))?;
         }
@@ -134,7 +131,7 @@ impl Store {
     pub fn get(&self, key: &RecordKey) -> Result<Option<Vec<u8>>, StoreError> {
         let path = self.path(key)?;
         match std::fs::read(&path) {
-            Ok(bytes) => parse(&bytes).map(Some).ok_or(StoreError::Corrupt {
+            Ok(bytes) => decode_record(&bytes).map(Some).ok_or(StoreError::Corrupt {
                 path: path.display().to_string(),
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -205,7 +202,19 @@ impl Store {
     }
 }
 
-fn parse(bytes: &[u8]) -> Option<Vec<u8>> {
+/// Bytes of a record file's header: `MAGIC || payload length (u64 LE) || SHA-256(payload)`. A
+/// record file is this header followed by the payload.
+pub fn record_header(payload: &[u8]) -> [u8; HEADER] {
+    let mut h = [0u8; HEADER];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..16].copy_from_slice(&(payload.len() as u64).to_le_bytes());
+    h[16..].copy_from_slice(&Sha256::digest(payload));
+    h
+}
+
+/// The payload of a whole record file, or `None` if its magic, length or checksum is wrong.
+/// Allocates only the payload, whose length is that of the input.
+pub fn decode_record(bytes: &[u8]) -> Option<Vec<u8>> {
     if bytes.len() < HEADER || &bytes[..8] != MAGIC {
         return None;
     }

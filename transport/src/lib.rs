@@ -14,7 +14,8 @@
 //!   [`client_config`]: rustls configurations that accept exactly one certificate.
 //! * [`HttpsClient`]: `post(path, body) -> (status, body)` with connect/response timeouts and a
 //!   response-size limit.
-//! * [`serve`]: a bounded HTTP/1.1 server loop (body limit, connection limit, timeouts,
+//! * [`serve`], [`serve_with_stats`]: a bounded HTTP/1.1 server loop (body limit, global and
+//!   per-IP connection limits, handshake/header/body timeouts against slow clients,
 //!   graceful shutdown) used by `server-core`.
 //!
 //! Plain HTTP is only ever served on the loopback admin port; parties never talk without TLS.
@@ -49,7 +50,7 @@ pub use client::{
 pub use error::TransportError;
 pub use identity::{Identity, generate_identity, write_secret};
 pub use pin::{Pin, pin_of};
-pub use server::{Request, Response, ServerLimits, serve};
+pub use server::{Request, Response, ServerLimits, ServerStats, serve, serve_with_stats};
 pub use tls::{
     PinnedClientCertVerifier, PinnedServerCertVerifier, client_config, provider, server_config,
 };

@@ -5,8 +5,11 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
@@ -61,11 +64,17 @@ impl Response {
 pub struct ServerLimits {
     /// Largest request body accepted (larger requests get 413 before being read).
     pub max_body_bytes: usize,
-    /// Connections served at once; further connections wait in the listen backlog.
+    /// Connections served at once (all sources together); further connections wait in the
+    /// listen backlog.
     pub max_connections: usize,
-    /// Time allowed for the TLS handshake.
+    /// Connections served at once from one IP address; a connection over this limit is closed
+    /// right after it is accepted (it never waits for a slot). `usize::MAX`: no per-IP limit.
+    pub max_connections_per_ip: usize,
+    /// Time allowed for the whole TLS handshake (not extended by trickled bytes).
     pub handshake_timeout: Duration,
-    /// Time allowed to receive request headers, and to receive a body.
+    /// Time allowed to receive a request's headers (counted from the moment the server starts
+    /// waiting for them, so it also closes idle keep-alive connections), and, separately, to
+    /// receive its whole body. Trickled bytes do not extend either.
     pub read_timeout: Duration,
     /// Time allowed for in-flight connections to finish after shutdown.
     pub shutdown_grace: Duration,
@@ -76,6 +85,7 @@ impl Default for ServerLimits {
         ServerLimits {
             max_body_bytes: 4 << 20,
             max_connections: 1024,
+            max_connections_per_ip: usize::MAX,
             handshake_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
@@ -83,10 +93,90 @@ impl Default for ServerLimits {
     }
 }
 
+/// Connection counters of one [`serve`] loop (shared with the caller through
+/// [`serve_with_stats`]). Connections that never reach the handler are counted here only.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    /// Connections accepted (including those closed at once by the per-IP limit).
+    pub accepted: AtomicU64,
+    /// Connections open now (gauge).
+    pub open: AtomicU64,
+    /// Connections closed at once because their IP address had too many open.
+    pub refused_per_ip: AtomicU64,
+    /// TLS handshakes that did not finish within the handshake timeout.
+    pub handshake_timeouts: AtomicU64,
+    /// TLS handshakes that failed (bad bytes, wrong or missing client certificate, ...).
+    pub handshake_failures: AtomicU64,
+    /// Connections closed because request headers did not arrive within the read timeout
+    /// (includes idle keep-alive connections).
+    pub header_timeouts: AtomicU64,
+    /// Requests answered 408 because the body did not arrive within the read timeout.
+    pub body_timeouts: AtomicU64,
+    /// Requests answered 413 (body over the limit).
+    pub bodies_too_large: AtomicU64,
+}
+
+impl ServerStats {
+    fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Open connections per IP address; a slot is released when its guard drops.
+#[derive(Debug, Default)]
+struct PerIp {
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+struct IpSlot {
+    table: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<IpSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            table: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut open = self.table.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Decrements the open-connection gauge when a connection task ends (or is aborted).
+struct OpenGuard(Arc<ServerStats>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Serves HTTP/1.1 on `listener` until `shutdown` completes, then stops accepting and gives
 /// in-flight connections `limits.shutdown_grace` to finish. With `tls`, every connection is TLS
 /// (the configuration decides whether a pinned client certificate is required); without, plain
 /// HTTP (use only on loopback, for the admin port).
+///
+/// Slow clients: the handshake, the request headers and the request body each have a total
+/// time limit ([`ServerLimits::handshake_timeout`], [`ServerLimits::read_timeout`]) that
+/// trickled bytes do not extend, and connections are limited globally and per IP address.
 pub async fn serve<H, Fut>(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -98,8 +188,25 @@ where
     H: Fn(Request) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response> + Send + 'static,
 {
+    serve_with_stats(listener, tls, limits, Arc::default(), handler, shutdown).await
+}
+
+/// [`serve`], counting connection events in `stats`.
+pub async fn serve_with_stats<H, Fut>(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    limits: ServerLimits,
+    stats: Arc<ServerStats>,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()>
+where
+    H: Fn(Request) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response> + Send + 'static,
+{
     let acceptor = tls.map(TlsAcceptor::from);
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let per_ip = Arc::new(PerIp::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
@@ -108,7 +215,7 @@ where
             _ = &mut shutdown => break,
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
         };
-        let (tcp, _remote) = tokio::select! {
+        let (tcp, remote) = tokio::select! {
             _ = &mut shutdown => break,
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -119,23 +226,42 @@ where
                 }
             },
         };
+        ServerStats::add(&stats.accepted);
+        let Some(ip_slot) = per_ip.take(remote.ip(), limits.max_connections_per_ip.max(1)) else {
+            // Closed at once: one address must not hold every slot (slow-client attacks).
+            ServerStats::add(&stats.refused_per_ip);
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let handler = handler.clone();
-        let stop_rx = stop_rx.clone();
+        let mut stop_rx = stop_rx.clone();
+        let stats = stats.clone();
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        let open = OpenGuard(stats.clone());
         conns.spawn(async move {
             let _permit = permit;
+            let _ip_slot = ip_slot;
+            let _open = open;
             match acceptor {
                 Some(acc) => {
-                    let tls = match tokio::time::timeout(limits.handshake_timeout, acc.accept(tcp))
-                        .await
-                    {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!(error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => return,
+                    let handshake = tokio::time::timeout(limits.handshake_timeout, acc.accept(tcp));
+                    let tls = tokio::select! {
+                        r = handshake => match r {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                ServerStats::add(&stats.handshake_failures);
+                                tracing::debug!(error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                ServerStats::add(&stats.handshake_timeouts);
+                                return;
+                            }
+                        },
+                        // A connection still in its handshake at shutdown has sent no request.
+                        _ = stop_rx.wait_for(|s| *s) => return,
                     };
                     let client_pin = tls
                         .get_ref()
@@ -143,9 +269,17 @@ where
                         .peer_certificates()
                         .and_then(|c| c.first())
                         .map(|c| pin_of(c.as_ref()));
-                    serve_conn(TokioIo::new(tls), client_pin, limits, handler, stop_rx).await;
+                    serve_conn(
+                        TokioIo::new(tls),
+                        client_pin,
+                        limits,
+                        &stats,
+                        handler,
+                        stop_rx,
+                    )
+                    .await;
                 }
-                None => serve_conn(TokioIo::new(tcp), None, limits, handler, stop_rx).await,
+                None => serve_conn(TokioIo::new(tcp), None, limits, &stats, handler, stop_rx).await,
             }
         });
         // Reap finished connections so the set does not grow without bound.
@@ -165,6 +299,7 @@ async fn serve_conn<I, H, Fut>(
     io: I,
     client_pin: Option<Pin>,
     limits: ServerLimits,
+    stats: &Arc<ServerStats>,
     handler: H,
     mut stop: watch::Receiver<bool>,
 ) where
@@ -172,10 +307,12 @@ async fn serve_conn<I, H, Fut>(
     H: Fn(Request) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response> + Send + 'static,
 {
+    let conn_stats = stats.clone();
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         let handler = handler.clone();
+        let stats = conn_stats.clone();
         async move {
-            let resp = handle(req, client_pin, limits, handler).await;
+            let resp = handle(req, client_pin, limits, &stats, handler).await;
             let mut out = hyper::Response::new(Full::new(Bytes::from(resp.body)));
             *out.status_mut() = hyper::StatusCode::from_u16(resp.status)
                 .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
@@ -195,6 +332,9 @@ async fn serve_conn<I, H, Fut>(
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
+                    if e.is_timeout() {
+                        ServerStats::add(&stats.header_timeouts);
+                    }
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
                 return;
@@ -214,6 +354,7 @@ async fn handle<H, Fut>(
     req: hyper::Request<Incoming>,
     client_pin: Option<Pin>,
     limits: ServerLimits,
+    stats: &ServerStats,
     handler: H,
 ) -> Response
 where
@@ -227,6 +368,7 @@ where
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > max as u64) {
+        ServerStats::add(&stats.bodies_too_large);
         return Response::text(413, "request body too large");
     }
     let method = req.method().as_str().to_string();
@@ -242,11 +384,15 @@ where
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()
             {
+                ServerStats::add(&stats.bodies_too_large);
                 return Response::text(413, "request body too large");
             }
             return Response::text(400, "cannot read request body");
         }
-        Err(_) => return Response::text(408, "request body timed out"),
+        Err(_) => {
+            ServerStats::add(&stats.body_timeouts);
+            return Response::text(408, "request body timed out");
+        }
     };
     handler(Request {
         method,

@@ -4,7 +4,7 @@ use crate::common::*;
 use protocol::*;
 use server_core::compute::{answer_reads, run_audit};
 use server_core::config::Registration;
-use server_core::machine::{Action, Machine, MachineConfig, RandomFill};
+use server_core::machine::{Action, Machine, MachineConfig, RandomFill, RoundPhase};
 use server_core::store::RecordKey;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -40,6 +40,7 @@ struct Node {
     alarms: Vec<String>,
     published: Vec<u64>,
     abandoned: Vec<(u64, AbandonReason)>,
+    phases: Vec<(u64, RoundPhase, u64)>,
     cfg: MachineConfig,
 }
 
@@ -73,6 +74,7 @@ impl Node {
             alarms: Vec::new(),
             published: Vec::new(),
             abandoned: Vec::new(),
+            phases: Vec::new(),
             cfg,
         }
     }
@@ -95,6 +97,7 @@ impl Node {
                 Action::Prune { below } => {
                     self.disk.retain(|k, _| k.round.is_none_or(|r| r >= below));
                 }
+                Action::PhaseDone { round, phase, ms } => self.phases.push((round, phase, ms)),
                 _ => {}
             }
         }
@@ -959,4 +962,51 @@ fn registration_policy_invites_and_rate_limit() {
     );
     m.handle_register(T0 + 60_000, &TestClient::new(80).register(&p))
         .expect("next minute");
+}
+
+#[test]
+fn round_close_phases_are_timed_from_the_machine_inputs() {
+    let p = params();
+    let mut net = Net::new();
+    let alice = TestClient::new(1);
+    net.register(&alice);
+    let wa = alice.write(&p, 0, id(1), 5, &payload(&p, 0xa1), 1);
+    net.write_and_commit(at(0, 60), &wa);
+    // Both freeze at CUTOFF (500); the network holds their messages until 620.
+    net.tamper = Some(Box::new(|_, _| false));
+    net.run(at(0, 500), at(0, 500));
+    assert!(net.a.phases.is_empty() && net.b.phases.is_empty());
+    for (from, m) in std::mem::take(&mut net.held) {
+        net.node(from).outbox.push(m);
+    }
+    net.tamper = None;
+    // Sets at 620, audit values at 700, shares at 800, signed hashes at 850.
+    net.pump_limited(at(0, 620), 2);
+    net.pump_limited(at(0, 700), 2);
+    net.pump_limited(at(0, 800), 2);
+    net.pump_limited(at(0, 850), 2);
+    for n in [&net.a, &net.b] {
+        assert_eq!(published(n, 0).accepted, vec![id(1)]);
+        assert_eq!(
+            n.phases,
+            vec![
+                (0, RoundPhase::CutoffToSets, 120),
+                (0, RoundPhase::Audit, 80),
+                (0, RoundPhase::Exchange, 150),
+                (0, RoundPhase::CutoffToPublished, 350),
+            ],
+            "{:?}",
+            n.m.role()
+        );
+    }
+    // The kept-rounds queries used by /readyz and the graceful shutdown.
+    assert_eq!(net.a.m.last_final_round(), Some(0));
+    assert!(net.a.m.all_final_through(0));
+    net.run(at(1, 0), at(1, 100));
+    assert!(!net.a.m.all_final_through(1), "round 1 is still open");
+    assert_eq!(
+        net.a.m.held_array_bytes(),
+        p.array_bytes(),
+        "round 0's array"
+    );
 }

@@ -3,5 +3,6 @@
 
 mod common;
 mod machine;
+mod monitoring;
 mod ops;
 mod servers;
