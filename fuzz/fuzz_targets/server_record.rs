@@ -1,0 +1,24 @@
+//! The framing of the server's persisted record files (`server_core::store::decode_record`,
+//! what `Store::get` applies to every file at start-up).
+//!
+//! Properties: a record that decodes is exactly `record_header(payload) || payload` (no
+//! trailing bytes, one encoding); any payload framed with its header decodes back to itself.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use server_core::store::{HEADER, decode_record, record_header};
+
+fuzz_target!(|data: &[u8]| {
+    if let Some(payload) = decode_record(data) {
+        assert_eq!(payload.len() + HEADER, data.len());
+        assert_eq!(record_header(&payload)[..], data[..HEADER]);
+        assert_eq!(payload, data[HEADER..]);
+    }
+    let mut framed = record_header(data).to_vec();
+    framed.extend_from_slice(data);
+    assert_eq!(decode_record(&framed).as_deref(), Some(data));
+    if !data.is_empty() {
+        framed.pop();
+        assert_eq!(decode_record(&framed), None, "truncated record accepted");
+    }
+});
