@@ -94,7 +94,10 @@ fn main() {
     out.put(
         t,
         "register-open",
-        &codec::encode(&RegisterRequest { invite: None, ..reg.clone() }),
+        &codec::encode(&RegisterRequest {
+            invite: None,
+            ..reg.clone()
+        }),
     );
     let write = WriteRequest {
         fingerprint: p.fingerprint(),
@@ -126,12 +129,20 @@ fn main() {
             signature: [6; 64],
         }),
     );
-    out.put(t, "round-status", &codec::encode(&RoundStatusRequest { round: 3 }));
+    out.put(
+        t,
+        "round-status",
+        &codec::encode(&RoundStatusRequest { round: 3 }),
+    );
 
     // ---- protocol: server responses ----
     let t = "protocol_server_responses";
     out.put(t, "params-small", &codec::encode(&p));
-    out.put(t, "params-demo", &codec::encode(&Params::demo(1_700_000_000_000)));
+    out.put(
+        t,
+        "params-demo",
+        &codec::encode(&Params::demo(1_700_000_000_000)),
+    );
     out.put(
         t,
         "info",
@@ -188,7 +199,10 @@ fn main() {
                 evidence: receipt(Role::B),
             }),
         ),
-        ("abandoned-mismatch", RoundStatus::Abandoned(AbandonReason::HashMismatch)),
+        (
+            "abandoned-mismatch",
+            RoundStatus::Abandoned(AbandonReason::HashMismatch),
+        ),
         ("forgotten", RoundStatus::Forgotten),
     ];
     for (name, status) in &statuses {
@@ -204,7 +218,10 @@ fn main() {
     out.put(
         t,
         "error",
-        &codec::encode(&ErrorResponse::new(ErrorCode::WrongRound, "round 5 is not current (é)")),
+        &codec::encode(&ErrorResponse::new(
+            ErrorCode::WrongRound,
+            "round 5 is not current (é)",
+        )),
     );
 
     // ---- protocol: peer messages ----
@@ -262,7 +279,11 @@ fn main() {
     // ---- client: contact codes ----
     let t = "contact_code";
     for seed in [0u8, 1, 0xff] {
-        out.put(t, &format!("code-{seed}"), encode_code(&[seed; 32]).as_bytes());
+        out.put(
+            t,
+            &format!("code-{seed}"),
+            encode_code(&[seed; 32]).as_bytes(),
+        );
     }
     let code = encode_code(&[0x5c; 32]);
     let (prefix, body) = code.split_at(5);
@@ -271,7 +292,11 @@ fn main() {
         .chunks(6)
         .map(|c| std::str::from_utf8(c).expect("ascii"))
         .collect();
-    let messy = format!("  {}{}\n", prefix.to_uppercase(), grouped.join(" - ").to_uppercase());
+    let messy = format!(
+        "  {}{}\n",
+        prefix.to_uppercase(),
+        grouped.join(" - ").to_uppercase()
+    );
     out.put(t, "code-grouped", messy.as_bytes());
 
     // ---- client: frames ----

@@ -30,6 +30,8 @@ fuzz_target!(|data: &[u8]| {
     {
         assert!(f.data.len() <= frame_len - HEADER_LEN);
     }
-    let again = frame.encode(frame_len).expect("a decoded frame must encode");
+    let again = frame
+        .encode(frame_len)
+        .expect("a decoded frame must encode");
     assert_eq!(again, bytes, "non-canonical frame accepted");
 });

@@ -11,7 +11,11 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(d) = Direction::from_bytes(data) {
-        assert_eq!(&d.to_bytes()[..], data, "non-canonical ratchet direction accepted");
+        assert_eq!(
+            &d.to_bytes()[..],
+            data,
+            "non-canonical ratchet direction accepted"
+        );
     }
     let mut rest = data;
     if let Ok(mut t) = GgmTree::decode(&mut rest) {

@@ -24,6 +24,10 @@ fuzz_target!(|data: &[u8]| {
         .filter(|c| !c.is_whitespace() && *c != '-')
         .collect();
     let canonical = encode_code(&key);
-    assert_eq!(format!("{CODE_PREFIX}{cleaned}"), canonical, "two spellings of one key");
+    assert_eq!(
+        format!("{CODE_PREFIX}{cleaned}"),
+        canonical,
+        "two spellings of one key"
+    );
     assert_eq!(decode_code(&canonical), Ok(key));
 });

@@ -18,16 +18,19 @@ fuzz_target!(|data: &[u8]| {
         let _ = r.check_shape();
     }
     if let Some(r) = canonical!(WriteRequest, data) {
-        assert_eq!(r.check_shape().is_ok(), (1..=protocol::MAX_KEY_BYTES).contains(&r.key.len()));
+        assert_eq!(
+            r.check_shape().is_ok(),
+            (1..=protocol::MAX_KEY_BYTES).contains(&r.key.len())
+        );
         let _ = dpf::WriteKey::decode(&r.key, params.domain_bits, params.slot_len as usize);
     }
     canonical!(CommitRequest, data);
-    if let Some(r) = canonical!(ReadRequest, data) {
-        if r.check_shape(&params).is_ok() {
-            assert_eq!(r.keys.len(), params.reads_per_round as usize);
-            for k in &r.keys {
-                let _ = dpf::ReadKey::decode(k, params.domain_bits);
-            }
+    if let Some(r) = canonical!(ReadRequest, data)
+        && r.check_shape(&params).is_ok()
+    {
+        assert_eq!(r.keys.len(), params.reads_per_round as usize);
+        for k in &r.keys {
+            let _ = dpf::ReadKey::decode(k, params.domain_bits);
         }
     }
     canonical!(RoundStatusRequest, data);

@@ -22,11 +22,21 @@ fuzz_target!(|data: &[u8]| {
         // The inner message alone is the encoding minus the 4-byte variant tag.
         let inner = &data[4..];
         let same = match &m {
-            PeerMessage::Sets(x) => protocol::codec::decode::<SetsMessage>(inner).ok() == Some(x.clone()),
-            PeerMessage::Audit(x) => protocol::codec::decode::<AuditMessage>(inner).ok() == Some(x.clone()),
-            PeerMessage::Shares(x) => protocol::codec::decode::<SharesMessage>(inner).ok() == Some(x.clone()),
-            PeerMessage::ArrayHash(x) => protocol::codec::decode::<ArrayHashMessage>(inner).ok() == Some(x.clone()),
-            PeerMessage::Abandon(x) => protocol::codec::decode::<AbandonMessage>(inner).ok() == Some(x.clone()),
+            PeerMessage::Sets(x) => {
+                protocol::codec::decode::<SetsMessage>(inner).ok() == Some(x.clone())
+            }
+            PeerMessage::Audit(x) => {
+                protocol::codec::decode::<AuditMessage>(inner).ok() == Some(x.clone())
+            }
+            PeerMessage::Shares(x) => {
+                protocol::codec::decode::<SharesMessage>(inner).ok() == Some(x.clone())
+            }
+            PeerMessage::ArrayHash(x) => {
+                protocol::codec::decode::<ArrayHashMessage>(inner).ok() == Some(x.clone())
+            }
+            PeerMessage::Abandon(x) => {
+                protocol::codec::decode::<AbandonMessage>(inner).ok() == Some(x.clone())
+            }
         };
         assert!(same, "inner message does not decode alone");
     }

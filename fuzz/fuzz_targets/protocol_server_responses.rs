@@ -23,7 +23,12 @@ fn exercise(p: &Params) {
     if p.validate().is_ok() {
         let _ = p.fingerprint();
         let _ = p.array_bytes();
-        for now in [0, p.t0_ms, p.t0_ms.saturating_add(p.round_ms.saturating_mul(3)), u64::MAX] {
+        for now in [
+            0,
+            p.t0_ms,
+            p.t0_ms.saturating_add(p.round_ms.saturating_mul(3)),
+            u64::MAX,
+        ] {
             if let Some(r) = p.round_at(now) {
                 let _ = p.phase_at(r, now);
             }

@@ -10,7 +10,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use mpm_fuzz::{RECORD_NAMES, record_is_per_round, small_params};
-use protocol::{PeerMessage, Receipt, RegisterRequest, Role, RoundStatus, SetsMessage, WriteRequest, codec};
+use protocol::{
+    PeerMessage, Receipt, RegisterRequest, Role, RoundStatus, SetsMessage, WriteRequest, codec,
+};
 use server_core::Registration;
 use server_core::machine::{Machine, MachineConfig};
 use server_core::store::RecordKey;
@@ -54,7 +56,11 @@ fuzz_target!(|data: &[u8]| {
         "unknown" => false,
         _ => codec::decode::<PeerMessage>(payload).is_ok(),
     };
-    assert_eq!(restored, decodes, "restore of {} disagrees with its decoder", key.name);
+    assert_eq!(
+        restored, decodes,
+        "restore of {} disagrees with its decoder",
+        key.name
+    );
     let p = small_params();
     let now = p.t0_ms + (round + 1) * p.round_ms + p.cutoff_ms;
     let _ = m.resume(now);

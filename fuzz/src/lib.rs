@@ -16,7 +16,10 @@ macro_rules! canonical {
                 assert_eq!(
                     again.as_slice(),
                     data,
-                    concat!(stringify!($ty), ": decode accepted a non-canonical encoding")
+                    concat!(
+                        stringify!($ty),
+                        ": decode accepted a non-canonical encoding"
+                    )
                 );
                 let back: $ty = ::protocol::codec::decode(&again)
                     .expect(concat!(stringify!($ty), ": re-encoding does not decode"));

@@ -261,4 +261,21 @@ mod tests {
         assert!(s.rounds()?.is_empty());
         Ok(())
     }
+
+    #[test]
+    fn record_framing_is_exact() {
+        for payload in [&b""[..], b"x", &[7u8; 300]] {
+            let mut file = record_header(payload).to_vec();
+            file.extend_from_slice(payload);
+            assert_eq!(decode_record(&file).as_deref(), Some(payload));
+            // A byte more or less, or a changed length field, is corruption.
+            let mut longer = file.clone();
+            longer.push(0);
+            assert_eq!(decode_record(&longer), None);
+            assert_eq!(decode_record(&file[..file.len() - 1]), None);
+            let mut lying = file.clone();
+            lying[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+            assert_eq!(decode_record(&lying), None);
+        }
+    }
 }
