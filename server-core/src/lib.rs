@@ -39,6 +39,7 @@
 //! # }
 //! ```
 
+pub mod cli;
 pub mod compute;
 pub mod config;
 pub mod health;
