@@ -31,6 +31,27 @@ use protocol::{
 use server_core::ops;
 use transport::HttpsClient;
 
+/// One request: encodes, posts, decodes the answer or the typed error. A macro rather than a
+/// generic function, so the bincode trait bounds stay inside `protocol::codec`.
+macro_rules! call {
+    ($c:expr, $path:expr, $req:expr, $resp:ty) => {
+        async {
+            let (status, body) = $c.post($path, codec::encode($req)).await?;
+            if status == 200 {
+                Ok::<$resp, anyhow::Error>(codec::decode::<$resp>(&body)?)
+            } else {
+                let e: ErrorResponse = codec::decode(&body)?;
+                Err(anyhow::anyhow!(
+                    "{}: {status} {:?} {}",
+                    $path,
+                    e.code,
+                    e.message
+                ))
+            }
+        }
+    };
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "mpm-load",
@@ -230,7 +251,7 @@ async fn start_servers(dir: &Path, p: &Params) -> Result<(Server, Server)> {
     let deadline = Instant::now() + Duration::from_secs(30);
     for s in &servers {
         loop {
-            if call::<_, InfoResponse>(&s.client, paths::INFO, &InfoRequest {})
+            if call!(&s.client, paths::INFO, &InfoRequest {}, InfoResponse)
                 .await
                 .is_ok()
             {
@@ -245,55 +266,6 @@ async fn start_servers(dir: &Path, p: &Params) -> Result<(Server, Server)> {
     let b = servers.pop().context("server b")?;
     let a = servers.pop().context("server a")?;
     Ok((a, b))
-}
-
-/// One request: encodes, posts, decodes the answer or the typed error.
-async fn call<Q: bincode_like::Enc, R: bincode_like::Dec>(
-    c: &HttpsClient,
-    path: &str,
-    req: &Q,
-) -> Result<R> {
-    let (status, body) = c.post(path, req.enc()).await?;
-    if status == 200 {
-        Ok(R::dec(&body)?)
-    } else {
-        let e: ErrorResponse = codec::decode(&body)?;
-        bail!("{path}: {status} {:?} {}", e.code, e.message)
-    }
-}
-
-/// Keeps the bincode bounds in one place (protocol::codec is the only encoder).
-mod bincode_like {
-    pub trait Enc {
-        fn enc(&self) -> Vec<u8>;
-    }
-    pub trait Dec: Sized {
-        fn dec(b: &[u8]) -> Result<Self, protocol::codec::CodecError>;
-    }
-    macro_rules! impls {
-        ($($t:ty),*) => {$(
-            impl Enc for $t {
-                fn enc(&self) -> Vec<u8> { protocol::codec::encode(self) }
-            }
-            impl Dec for $t {
-                fn dec(b: &[u8]) -> Result<Self, protocol::codec::CodecError> { protocol::codec::decode(b) }
-            }
-        )*};
-    }
-    impls!(
-        protocol::InfoRequest,
-        protocol::InfoResponse,
-        protocol::RegisterRequest,
-        protocol::RegisterResponse,
-        protocol::WriteRequest,
-        protocol::Receipt,
-        protocol::CommitRequest,
-        protocol::CommitAck,
-        protocol::ReadRequest,
-        protocol::ReadResponse,
-        protocol::RoundStatusRequest,
-        protocol::RoundStatusResponse
-    );
 }
 
 /// A simulated client.
@@ -447,7 +419,7 @@ async fn run(args: RunArgs) -> Result<Report> {
                 invite: None,
                 signature: sign(&c.key, &register_message(&fp, &c.account, None)),
             };
-            let _: RegisterResponse = call(s, paths::REGISTER, &req).await?;
+            call!(s, paths::REGISTER, &req, RegisterResponse).await?;
         }
     }
 
@@ -640,8 +612,8 @@ async fn client_round(
     read: Option<(ReadRequest, ReadRequest)>,
 ) -> Result<RoundOut> {
     let (ra, rb) = tokio::join!(
-        call::<_, Receipt>(&servers[0], paths::WRITE, &wa),
-        call::<_, Receipt>(&servers[1], paths::WRITE, &wb)
+        call!(&servers[0], paths::WRITE, &wa, Receipt),
+        call!(&servers[1], paths::WRITE, &wb, Receipt)
     );
     let committed = match (ra, rb) {
         (Err(e), _) | (_, Err(e)) => return Err(e),
@@ -655,8 +627,8 @@ async fn client_round(
                 peer_receipt: ra,
             };
             let (ca, cb) = tokio::join!(
-                call::<_, CommitAck>(&servers[0], paths::COMMIT, &to_a),
-                call::<_, CommitAck>(&servers[1], paths::COMMIT, &to_b)
+                call!(&servers[0], paths::COMMIT, &to_a, CommitAck),
+                call!(&servers[1], paths::COMMIT, &to_b, CommitAck)
             );
             ca?;
             cb?;
@@ -667,8 +639,8 @@ async fn client_round(
         Some((qa, qb)) => {
             let t = Instant::now();
             let (xa, xb) = tokio::join!(
-                call::<_, ReadResponse>(&servers[0], paths::READ, &qa),
-                call::<_, ReadResponse>(&servers[1], paths::READ, &qb)
+                call!(&servers[0], paths::READ, &qa, ReadResponse),
+                call!(&servers[1], paths::READ, &qb, ReadResponse)
             );
             match (xa, xb) {
                 (Ok(xa), Ok(xb)) => {
@@ -700,9 +672,13 @@ async fn watch_close(
         tokio::time::sleep(Duration::from_millis(cutoff - now)).await;
     }
     while now_ms() < deadline {
-        if let Ok(r) =
-            call::<_, RoundStatusResponse>(&s, paths::ROUND_STATUS, &RoundStatusRequest { round })
-                .await
+        if let Ok(r) = call!(
+            &s,
+            paths::ROUND_STATUS,
+            &RoundStatusRequest { round },
+            RoundStatusResponse
+        )
+        .await
         {
             match r.status {
                 RoundStatus::Published(_) => return Some(Ok(now_ms().saturating_sub(cutoff))),
