@@ -30,15 +30,23 @@ fn main() {
             black_box(arr);
         }
         _ => {
-            let keys: Vec<ReadKey> = (0..8)
-                .map(|i| ReadKey::r#gen(16, i, &mut rng).expect("gen").0)
+            let k: u64 = std::env::args()
+                .nth(2)
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(8);
+            let keys: Vec<ReadKey> = (0..k)
+                .map(|i| ReadKey::r#gen(16, i % (1 << 16), &mut rng).expect("gen").0)
                 .collect();
             let refs: Vec<&ReadKey> = keys.iter().collect();
             let mut db = vec![0u8; 256 << 16];
             rng.fill(&mut db);
-            for _ in 0..20 {
+            let reps = (4000 / k).max(1);
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
                 black_box(pir_answer(&db, 256, &refs, Party::A));
             }
+            let per = t.elapsed().as_secs_f64() * 1e9 / (reps * k * (1 << 16)) as f64;
+            println!("pir_answer 2^16 x 256 B, {k} keys: {per:.2} ns per row-key");
         }
     }
 }

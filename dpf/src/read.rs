@@ -182,9 +182,18 @@ fn empty() -> Tree {
     }
 }
 
-/// Rows per pass of [`pir_answer`]: selection bits for this many rows are computed per key,
-/// then every row of the chunk is read once for all keys.
-const PIR_CHUNK_ROWS: u64 = 1024;
+/// Bytes of the array per pass of [`pir_answer`]: a chunk this size stays in the core's L2
+/// cache while every group of keys sweeps it.
+const PIR_CHUNK_BYTES: usize = 256 << 10;
+
+/// Rows per chunk: a multiple of 128 (one read-key leaf) of about [`PIR_CHUNK_BYTES`].
+fn pir_chunk_rows(row_len: usize) -> usize {
+    ((PIR_CHUNK_BYTES / row_len.max(1)) & !127).max(128)
+}
+
+/// Keys whose selection bits are expanded at once (`leaves * 16` bytes each); the array is
+/// read from memory once per batch.
+const PIR_KEY_BATCH: usize = 128;
 
 /// Two-server PIR answer: for each key, the XOR of the rows of `db` (rows of `row_len` bytes)
 /// that the key's output shares select. One pass over `db` serves all keys; the inner loop is
@@ -195,38 +204,43 @@ pub fn pir_answer(db: &[u8], row_len: usize, keys: &[&ReadKey], party: Party) ->
     if row_len == 0 || keys.is_empty() {
         return acc;
     }
-    let rows = (db.len() / row_len) as u64;
+    let rows = db.len() / row_len;
+    let chunk = pir_chunk_rows(row_len);
     let mut s = Scratch::default();
-    let mut sel: Vec<Vec<u128>> = vec![Vec::new(); keys.len()];
-    let mut masks: Vec<u8> = Vec::new();
-    let stride = simd::mask_stride(keys.len());
-    let mut r0 = 0u64;
-    while r0 < rows {
-        let r1 = (r0 + PIR_CHUNK_ROWS).min(rows);
-        let (b0, b1) = (r0 >> LEAF_BITS, (r1 - 1) >> LEAF_BITS);
-        for (k, key) in keys.iter().enumerate() {
-            sel[k].clear();
-            if b0 < key.leaves() {
-                key.blocks_into(party, b0, (b1 + 1).min(key.leaves()), &mut s, &mut sel[k]);
-            }
-            sel[k].resize((b1 - b0 + 1) as usize, 0);
+    let mut sel: Vec<Vec<u128>> = vec![Vec::new(); PIR_KEY_BATCH.min(keys.len())];
+    // One mask byte (0 or 0xff) per row of the chunk, one run per key of a group.
+    let mut masks = vec![0u8; simd::PIR_GROUP * chunk];
+    for (batch, batch_acc) in keys
+        .chunks(PIR_KEY_BATCH)
+        .zip(acc.chunks_mut(PIR_KEY_BATCH))
+    {
+        // Every selection bit of the batch's keys, in one full-domain expansion per key.
+        for (key, bits) in batch.iter().zip(sel.iter_mut()) {
+            key.blocks_into(party, 0, key.leaves(), &mut s, bits);
         }
-        // One mask byte (0 or 0xff) per row and key, then one pass over the rows.
-        masks.clear();
-        masks.resize((r1 - r0) as usize * stride, 0);
-        for (k, sk) in sel.iter().enumerate() {
-            for (i, m) in masks.chunks_exact_mut(stride).enumerate() {
-                let r = r0 + i as u64;
-                let (blk, bit) = (((r >> LEAF_BITS) - b0) as usize, r & 127);
-                m[k] = 0u8.wrapping_sub(((sk[blk] >> bit) & 1) as u8);
+        for r0 in (0..rows).step_by(chunk) {
+            let r1 = (r0 + chunk).min(rows);
+            let rows_bytes = &db[r0 * row_len..r1 * row_len];
+            let blk = r0 >> LEAF_BITS;
+            for ((ks, bits), accs) in batch
+                .chunks(simd::PIR_GROUP)
+                .zip(sel.chunks(simd::PIR_GROUP))
+                .zip(batch_acc.chunks_mut(simd::PIR_GROUP))
+            {
+                for ((key, b), m) in ks.iter().zip(bits).zip(masks.chunks_exact_mut(chunk)) {
+                    let m = &mut m[..r1 - r0];
+                    // Rows past the key's domain are never selected.
+                    let covered = (key.leaves() as usize).saturating_sub(blk) << LEAF_BITS;
+                    let (inside, outside) = m.split_at_mut(covered.min(m.len()));
+                    simd::expand_bits(&b[blk.min(b.len())..], inside);
+                    outside.fill(0);
+                }
+                simd::pir_rows(accs, rows_bytes, row_len, &masks, chunk);
             }
         }
-        let rows_bytes = &db[r0 as usize * row_len..r1 as usize * row_len];
-        simd::pir_rows(&mut acc, rows_bytes, row_len, &masks);
-        r0 = r1;
     }
-    for s in sel.iter_mut() {
-        s.zeroize();
+    for b in sel.iter_mut() {
+        b.zeroize();
     }
     masks.zeroize();
     acc
@@ -266,6 +280,23 @@ mod tests {
     }
 
     #[test]
+    fn mask_expansion_kernels_agree() {
+        let mut rng = SeededRandom::new([7; 32]);
+        for n in [0usize, 1, 63, 64, 65, 128, 200, 1024] {
+            let mut raw = vec![0u8; n.div_ceil(128).max(1) * 16];
+            rng.fill(&mut raw);
+            let bits: Vec<u128> = raw
+                .chunks_exact(16)
+                .map(|c| u128::from_le_bytes(c.try_into().expect("16 bytes")))
+                .collect();
+            let (mut fast, mut slow) = (vec![1u8; n], vec![2u8; n]);
+            simd::expand_bits(&bits, &mut fast);
+            simd::expand_bits_portable(&bits, &mut slow);
+            assert_eq!(fast, slow, "n = {n}");
+        }
+    }
+
+    #[test]
     fn pir_kernels_agree() {
         let mut rng = SeededRandom::new([5; 32]);
         for (rows, row_len, keys) in [
@@ -273,23 +304,20 @@ mod tests {
             (1024, 256, 8),
             (7, 16, 1),
             (64, 1000, 5),
+            (200, 320, 13),
+            (130, 16, 7),
         ] {
             let mut db = vec![0u8; rows * row_len];
             rng.fill(&mut db);
-            let mut masks = vec![0u8; rows * simd::mask_stride(keys)];
+            let mut masks = vec![0u8; rows * keys];
             rng.fill(&mut masks);
-            for (i, m) in masks.iter_mut().enumerate() {
-                if i % simd::mask_stride(keys) >= keys {
-                    *m = 0;
-                }
-            }
             for m in masks.iter_mut() {
                 *m = 0u8.wrapping_sub(*m & 1);
             }
             let mut fast = vec![vec![0u8; row_len]; keys];
             let mut slow = fast.clone();
-            simd::pir_rows(&mut fast, &db, row_len, &masks);
-            simd::pir_rows_portable(&mut slow, &db, row_len, &masks);
+            simd::pir_rows(&mut fast, &db, row_len, &masks, rows);
+            simd::pir_rows_portable(&mut slow, &db, row_len, &masks, rows);
             assert_eq!(fast, slow);
         }
     }

@@ -304,71 +304,144 @@ mod x86 {
         super::masked_xor_portable(acc, row, m)
     }
 
-    /// Register-blocked PIR loop: for up to 8 keys at a time and one 64-byte column stripe at a
-    /// time, the 8 accumulators stay in registers while every row of the chunk streams past;
-    /// each row's stripe is loaded once and XORed into each accumulator under that key's mask
-    /// (an AVX-512 write mask, all or nothing, so no branch on the selection bits).
+    /// Register-blocked PIR loop for `G` keys and `S` 64-byte column stripes starting at byte
+    /// `s0` of each row: the `G * S` accumulators stay in registers while every row streams
+    /// past; each stripe of a row is loaded once and XORed into every accumulator under that
+    /// key's mask byte (an AVX-512 write mask, all lanes or none, so no branch on the
+    /// selection bits).
     #[target_feature(enable = "avx512f,avx512bw")]
-    fn rows_512(acc: &mut [Vec<u8>], rows: &[u8], row_len: usize, masks: &[u8]) {
-        /// Rows per block: a block (a few KiB) stays in L1 while its stripes are processed,
-        /// and blocks are read from memory in order.
-        const BLOCK: usize = 32;
-        let k_count = acc.len();
-        let stride = super::mask_stride(k_count);
-        let n_rows = rows.len() / row_len;
-        for b0 in (0..n_rows).step_by(BLOCK) {
-            let b1 = (b0 + BLOCK).min(n_rows);
-            for g in (0..k_count).step_by(8) {
-                let kg = (k_count - g).min(8);
-                for s in (0..row_len).step_by(64) {
-                    let w = (row_len - s).min(64);
-                    let lanes: __mmask64 = if w == 64 { !0 } else { (1u64 << w) - 1 };
-                    let mut a = [_mm512_setzero_si512(); 8];
-                    for (k, ak) in a.iter_mut().enumerate().take(kg) {
-                        let src = &acc[g + k][s..s + w];
-                        // SAFETY: reads at most `w` bytes (lane mask) from a slice of `w` bytes.
-                        *ak = unsafe { _mm512_maskz_loadu_epi8(lanes, src.as_ptr().cast()) };
-                    }
-                    for r in b0..b1 {
-                        let row = &rows[r * row_len + s..r * row_len + s + w];
-                        // SAFETY: reads at most `w` bytes (lane mask) from a slice of `w` bytes.
-                        let v = unsafe { _mm512_maskz_loadu_epi8(lanes, row.as_ptr().cast()) };
-                        let at = r * stride + g;
-                        let mw = u64::from_le_bytes(masks[at..at + 8].try_into().unwrap_or([0; 8]));
-                        let m: [u8; 8] = core::array::from_fn(|k| (mw >> (8 * k)) as u8);
-                        a[0] = _mm512_mask_xor_epi64(a[0], m[0], a[0], v);
-                        a[1] = _mm512_mask_xor_epi64(a[1], m[1], a[1], v);
-                        a[2] = _mm512_mask_xor_epi64(a[2], m[2], a[2], v);
-                        a[3] = _mm512_mask_xor_epi64(a[3], m[3], a[3], v);
-                        a[4] = _mm512_mask_xor_epi64(a[4], m[4], a[4], v);
-                        a[5] = _mm512_mask_xor_epi64(a[5], m[5], a[5], v);
-                        a[6] = _mm512_mask_xor_epi64(a[6], m[6], a[6], v);
-                        a[7] = _mm512_mask_xor_epi64(a[7], m[7], a[7], v);
-                    }
-                    for (k, ak) in a.iter().enumerate().take(kg) {
-                        let dst = &mut acc[g + k][s..s + w];
-                        // SAFETY: writes at most `w` bytes (lane mask) into a slice of `w` bytes.
-                        unsafe { _mm512_mask_storeu_epi8(dst.as_mut_ptr().cast(), lanes, *ak) };
-                    }
+    fn rows_512_block<const G: usize, const S: usize>(
+        acc: &mut [Vec<u8>],
+        rows: &[u8],
+        row_len: usize,
+        s0: usize,
+        masks: &[u8],
+        mstride: usize,
+    ) {
+        let n = rows.len() / row_len;
+        // Every stripe starts inside the row (the caller picks S); the last may be partial.
+        let lanes: [__mmask64; S] = core::array::from_fn(|j| {
+            let w = (row_len - (s0 + 64 * j)).min(64);
+            if w == 64 { !0 } else { (1u64 << w) - 1 }
+        });
+        let mut a = [[_mm512_setzero_si512(); S]; G];
+        #[allow(clippy::needless_range_loop)]
+        for k in 0..G {
+            let src = &acc[k][s0..];
+            for j in 0..S {
+                // SAFETY: the stripe starts inside `src` and its lane mask covers at most the
+                // bytes left in it.
+                a[k][j] =
+                    unsafe { _mm512_maskz_loadu_epi8(lanes[j], src.as_ptr().add(64 * j).cast()) };
+            }
+        }
+        assert!(acc.len() == G && G > 0 && masks.len() >= (G - 1) * mstride + n && mstride >= n);
+        for r in 0..n {
+            let row = &rows[r * row_len + s0..(r + 1) * row_len];
+            // SAFETY: as for the accumulators: inside the row, lane mask within its bytes.
+            let v: [__m512i; S] = core::array::from_fn(|j| unsafe {
+                _mm512_maskz_loadu_epi8(lanes[j], row.as_ptr().add(64 * j).cast())
+            });
+            #[allow(clippy::needless_range_loop)]
+            for k in 0..G {
+                // SAFETY: `k * mstride + r < (G - 1) * mstride + n <= masks.len()` (asserted).
+                let m = unsafe { *masks.get_unchecked(k * mstride + r) };
+                for j in 0..S {
+                    a[k][j] = _mm512_mask_xor_epi64(a[k][j], m, a[k][j], v[j]);
+                }
+            }
+        }
+        #[allow(clippy::needless_range_loop)]
+        for k in 0..G {
+            let dst = &mut acc[k][s0..];
+            for j in 0..S {
+                // SAFETY: as for the loads.
+                unsafe {
+                    _mm512_mask_storeu_epi8(dst.as_mut_ptr().add(64 * j).cast(), lanes[j], a[k][j])
+                };
+            }
+        }
+    }
+
+    /// The PIR row loop on AVX-512: keys in groups of [`super::PIR_GROUP`], columns in sets
+    /// of up to four 64-byte stripes, one register-blocked sweep over the rows for each.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn rows_512(acc: &mut [Vec<u8>], rows: &[u8], row_len: usize, masks: &[u8], mstride: usize) {
+        let stripes = row_len.div_ceil(64);
+        for (g, accs) in acc.chunks_mut(super::PIR_GROUP).enumerate() {
+            let m = &masks[g * super::PIR_GROUP * mstride..];
+            for s in (0..stripes).step_by(4) {
+                let s0 = 64 * s;
+                macro_rules! sweep {
+                    ($g:literal) => {
+                        match (stripes - s).min(4) {
+                            1 => rows_512_block::<$g, 1>(accs, rows, row_len, s0, m, mstride),
+                            2 => rows_512_block::<$g, 2>(accs, rows, row_len, s0, m, mstride),
+                            3 => rows_512_block::<$g, 3>(accs, rows, row_len, s0, m, mstride),
+                            _ => rows_512_block::<$g, 4>(accs, rows, row_len, s0, m, mstride),
+                        }
+                    };
+                }
+                match accs.len() {
+                    1 => sweep!(1),
+                    2 => sweep!(2),
+                    3 => sweep!(3),
+                    4 => sweep!(4),
+                    5 => sweep!(5),
+                    _ => sweep!(6),
                 }
             }
         }
     }
 
+    /// `out[i] = 0xff` if bit `i` of the little-endian bit string `bits` is set, else 0.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn expand_bits_512(bits: &[u128], out: &mut [u8]) {
+        let words = bits.iter().flat_map(|b| [*b as u64, (*b >> 64) as u64]);
+        for (o, w) in out.chunks_mut(64).zip(words) {
+            let v = _mm512_movm_epi8(w);
+            // SAFETY: the store mask covers at most `o.len()` bytes.
+            let lanes: __mmask64 = if o.len() == 64 {
+                !0
+            } else {
+                (1u64 << o.len()) - 1
+            };
+            unsafe { _mm512_mask_storeu_epi8(o.as_mut_ptr().cast(), lanes, v) };
+        }
+    }
+
+    pub(crate) fn expand_bits(bits: &[u128], out: &mut [u8]) -> bool {
+        if has_vaes512() && std::is_x86_feature_detected!("avx512bw") {
+            // SAFETY: features detected.
+            unsafe { expand_bits_512(bits, out) };
+            true
+        } else {
+            false
+        }
+    }
+
     #[target_feature(enable = "avx2")]
-    fn rows_256(acc: &mut [Vec<u8>], rows: &[u8], row_len: usize, masks: &[u8]) {
-        super::rows_portable(acc, rows, row_len, masks, |a, r, m| masked_xor_256(a, r, m))
+    fn rows_256(acc: &mut [Vec<u8>], rows: &[u8], row_len: usize, masks: &[u8], mstride: usize) {
+        super::rows_portable(acc, rows, row_len, masks, mstride, |a, r, m| {
+            masked_xor_256(a, r, m)
+        })
     }
 
     /// Dispatches the PIR row loop to the widest vector unit present.
-    pub(crate) fn rows(acc: &mut [Vec<u8>], rows: &[u8], row_len: usize, masks: &[u8]) -> bool {
+    pub(crate) fn rows(
+        acc: &mut [Vec<u8>],
+        rows: &[u8],
+        row_len: usize,
+        masks: &[u8],
+        mstride: usize,
+    ) -> bool {
         if has_vaes512() && std::is_x86_feature_detected!("avx512bw") {
             // SAFETY: features detected.
-            unsafe { rows_512(acc, rows, row_len, masks) };
+            unsafe { rows_512(acc, rows, row_len, masks, mstride) };
             true
         } else if has_avx2() {
             // SAFETY: feature detected.
-            unsafe { rows_256(acc, rows, row_len, masks) };
+            unsafe { rows_256(acc, rows, row_len, masks, mstride) };
             true
         } else {
             false
@@ -387,40 +460,67 @@ pub(crate) fn masked_xor_portable(acc: &mut [u8], row: &[u8], m: u8) {
     }
 }
 
-/// Mask bytes per row: the number of keys rounded up to 8 (the padding is zero).
-pub(crate) fn mask_stride(keys: usize) -> usize {
-    keys.next_multiple_of(8)
-}
+/// Keys per register block of the PIR kernel: 6 keys x 4 stripes of 64 bytes are 24
+/// accumulator registers, plus 4 for the row, of AVX-512's 32.
+pub(crate) const PIR_GROUP: usize = 6;
 
 /// For each row `r` of `rows` and each accumulator `k`:
-/// `acc[k] ^= row_r & masks[r * mask_stride(K) + k]`.
+/// `acc[k] ^= row_r & masks[k * mstride + r]` (mask bytes 0 or 0xff, one run per key).
 #[inline(always)]
 pub(crate) fn rows_portable(
     acc: &mut [Vec<u8>],
     rows: &[u8],
     row_len: usize,
     masks: &[u8],
+    mstride: usize,
     xor: impl Fn(&mut [u8], &[u8], u8),
 ) {
-    let stride = mask_stride(acc.len());
     for (r, row) in rows.chunks_exact(row_len).enumerate() {
         for (k, a) in acc.iter_mut().enumerate() {
-            xor(a, row, masks[r * stride + k]);
+            xor(a, row, masks[k * mstride + r]);
         }
     }
 }
 
-/// The PIR row loop on the best kernel for this CPU.
-pub(crate) fn pir_rows(acc: &mut [Vec<u8>], rows: &[u8], row_len: usize, masks: &[u8]) {
+/// The PIR row loop on the best kernel for this CPU (see [`rows_portable`]).
+pub(crate) fn pir_rows(
+    acc: &mut [Vec<u8>],
+    rows: &[u8],
+    row_len: usize,
+    masks: &[u8],
+    mstride: usize,
+) {
     #[cfg(target_arch = "x86_64")]
-    if x86::rows(acc, rows, row_len, masks) {
+    if x86::rows(acc, rows, row_len, masks, mstride) {
         return;
     }
-    rows_portable(acc, rows, row_len, masks, masked_xor_portable)
+    rows_portable(acc, rows, row_len, masks, mstride, masked_xor_portable)
 }
 
 /// The PIR row loop on the portable kernel (for tests).
 #[cfg(test)]
-pub(crate) fn pir_rows_portable(acc: &mut [Vec<u8>], rows: &[u8], row_len: usize, masks: &[u8]) {
-    rows_portable(acc, rows, row_len, masks, masked_xor_portable)
+pub(crate) fn pir_rows_portable(
+    acc: &mut [Vec<u8>],
+    rows: &[u8],
+    row_len: usize,
+    masks: &[u8],
+    mstride: usize,
+) {
+    rows_portable(acc, rows, row_len, masks, mstride, masked_xor_portable)
+}
+
+/// `out[i] = 0xff` if bit `i` of the little-endian bit string `bits` is set, else 0
+/// (branch-free; `bits` holds at least `out.len()` bits).
+pub(crate) fn expand_bits(bits: &[u128], out: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if x86::expand_bits(bits, out) {
+        return;
+    }
+    expand_bits_portable(bits, out)
+}
+
+pub(crate) fn expand_bits_portable(bits: &[u128], out: &mut [u8]) {
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = 0u8.wrapping_sub(((bits[i / 128] >> (i % 128)) & 1) as u8);
+    }
 }
