@@ -213,66 +213,66 @@ mod x86 {
         out: &mut [u8],
     ) {
         let k: [__m512i; 11] = core::array::from_fn(|i| _mm512_broadcast_i32x4(rk.0[i]));
-        let hi = _mm512_set_epi64(-1, 0, -1, 0, -1, 0, -1, 0);
-        let sigma =
-            |v: __m512i| _mm512_xor_si512(_mm512_shuffle_epi32::<0x4E>(v), _mm512_and_si512(v, hi));
         let groups = cw.len() / 4;
         let slot = cw.len() * 16;
-        let units = nodes.len() * groups;
-        let unit = |u: usize| -> (__m512i, __m512i, usize) {
-            let (leaf, g) = (u / groups, u % groups);
-            let v = nodes[leaf];
+        // sigma is linear: sigma(base ^ j) = sigma(base) ^ sigma(j), and sigma(j) for a block
+        // index j (low half) is j in the high half. `sj` walks the four block indices of a
+        // register, `inc` steps it to the next four.
+        let sj0 = _mm512_set_epi64(3, 0, 2, 0, 1, 0, 0, 0);
+        let inc = _mm512_set_epi64(4, 0, 4, 0, 4, 0, 4, 0);
+        for (leaf, &v) in nodes.iter().enumerate() {
             let base = (v & !1) ^ salt;
-            // Built from registers (no store-then-wide-load through memory).
-            let b = _mm_set_epi64x((base >> 64) as i64, base as u64 as i64);
-            let vb = _mm512_broadcast_i32x4(b);
-            let j = (4 * g) as i64;
-            let x = _mm512_xor_si512(vb, _mm512_set_epi64(0, j + 3, 0, j + 2, 0, j + 1, 0, j));
-            let c = &cw[4 * g..4 * g + 4];
-            // SAFETY: `c` is 4 u128 = 64 readable bytes.
-            let vc = unsafe { _mm512_loadu_si512(c.as_ptr().cast()) };
+            let sb = base.rotate_left(64) ^ (base & (u128::MAX << 64));
+            let sb = _mm512_broadcast_i32x4(_mm_set_epi64x((sb >> 64) as i64, sb as u64 as i64));
+            // All ones when the control bit is set: the correction applies (branch-free).
             let m = _mm512_set1_epi64(0i64.wrapping_sub((v & 1) as i64));
-            (x, _mm512_and_si512(vc, m), leaf * slot + g * 64)
-        };
-        let mut u = 0;
-        while u < units {
-            let n = (units - u).min(4);
-            // Always four chains in flight; a short tail repeats its last unit and stores only
-            // the real ones.
-            let (x0, c0, o0) = unit(u);
-            let (x1, c1, o1) = unit(u + 1.min(n - 1));
-            let (x2, c2, o2) = unit(u + 2.min(n - 1));
-            let (x3, c3, o3) = unit(u + 3.min(n - 1));
-            let (y0, y1, y2, y3) = (sigma(x0), sigma(x1), sigma(x2), sigma(x3));
-            let mut s0 = _mm512_xor_si512(y0, k[0]);
-            let mut s1 = _mm512_xor_si512(y1, k[0]);
-            let mut s2 = _mm512_xor_si512(y2, k[0]);
-            let mut s3 = _mm512_xor_si512(y3, k[0]);
-            for rk in &k[1..10] {
-                s0 = _mm512_aesenc_epi128(s0, *rk);
-                s1 = _mm512_aesenc_epi128(s1, *rk);
-                s2 = _mm512_aesenc_epi128(s2, *rk);
-                s3 = _mm512_aesenc_epi128(s3, *rk);
-            }
-            let fin = |s: __m512i, y: __m512i, c: __m512i| {
-                _mm512_xor_si512(_mm512_xor_si512(_mm512_aesenclast_epi128(s, k[10]), y), c)
-            };
-            let h = [
-                fin(s0, y0, c0),
-                fin(s1, y1, c1),
-                fin(s2, y2, c2),
-                fin(s3, y3, c3),
-            ];
-            let at = [o0, o1, o2, o3];
-            for i in 0..n {
-                let dst = &mut out[at[i]..at[i] + 64];
-                // SAFETY: `dst` is 64 bytes; unaligned load and store.
-                unsafe {
-                    let d = _mm512_loadu_si512(dst.as_ptr().cast());
-                    _mm512_storeu_si512(dst.as_mut_ptr().cast(), _mm512_xor_si512(d, h[i]));
+            let dst = &mut out[leaf * slot..(leaf + 1) * slot];
+            let mut sj = sj0;
+            let mut g = 0;
+            while g < groups {
+                // Four registers (16 blocks) in flight; a short tail repeats its last unit
+                // and stores only the real ones.
+                let n = (groups - g).min(4);
+                let mut y = [_mm512_setzero_si512(); 4];
+                let mut c = [_mm512_setzero_si512(); 4];
+                for i in 0..4 {
+                    let gi = g + i.min(n - 1);
+                    let s = if i < n { sj } else { _mm512_sub_epi64(sj, inc) };
+                    y[i] = _mm512_xor_si512(sb, s);
+                    let cw4 = &cw[4 * gi..4 * gi + 4];
+                    // SAFETY: `cw4` is 4 u128 = 64 readable bytes.
+                    c[i] = unsafe { _mm512_loadu_si512(cw4.as_ptr().cast()) };
+                    if i + 1 < n {
+                        sj = _mm512_add_epi64(sj, inc);
+                    }
                 }
+                let mut st = [
+                    _mm512_xor_si512(y[0], k[0]),
+                    _mm512_xor_si512(y[1], k[0]),
+                    _mm512_xor_si512(y[2], k[0]),
+                    _mm512_xor_si512(y[3], k[0]),
+                ];
+                // y ^ (cw & m)
+                let yc: [__m512i; 4] =
+                    core::array::from_fn(|i| _mm512_ternarylogic_epi64::<0x78>(y[i], c[i], m));
+                for rk in &k[1..10] {
+                    for s in st.iter_mut() {
+                        *s = _mm512_aesenc_epi128(*s, *rk);
+                    }
+                }
+                for i in 0..n {
+                    let h = _mm512_aesenclast_epi128(st[i], k[10]);
+                    let d = &mut dst[64 * (g + i)..64 * (g + i + 1)];
+                    // SAFETY: `d` is 64 bytes; unaligned load and store.
+                    unsafe {
+                        let x = _mm512_loadu_si512(d.as_ptr().cast());
+                        let x = _mm512_ternarylogic_epi64::<0x96>(x, h, yc[i]);
+                        _mm512_storeu_si512(d.as_mut_ptr().cast(), x);
+                    }
+                }
+                sj = _mm512_add_epi64(sj, inc);
+                g += n;
             }
-            u += n;
         }
     }
 
