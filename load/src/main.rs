@@ -29,7 +29,7 @@ use protocol::{
     read_message, register_message, sign, signing_key_from_bytes, write_ctx, write_message,
 };
 use server_core::ops;
-use transport::HttpsClient;
+use transport::{HttpsClient, Pin};
 
 /// One request: encodes, posts, decodes the answer or the typed error. A macro rather than a
 /// generic function, so the bincode trait bounds stay inside `protocol::codec`.
@@ -170,6 +170,14 @@ struct Server {
     child: Child,
     client: Arc<HttpsClient>,
     pid: u32,
+    addr: String,
+    pin: Pin,
+}
+
+/// A pinned HTTPS client for one server (its own connection pool).
+fn connect(addr: &str, pin: Pin) -> Result<HttpsClient> {
+    Ok(HttpsClient::new(addr, pin, None)?
+        .with_timeouts(Duration::from_secs(5), Duration::from_secs(60)))
 }
 
 impl Drop for Server {
@@ -239,12 +247,13 @@ async fn start_servers(dir: &Path, p: &Params) -> Result<(Server, Server)> {
             .spawn()
             .context("starting a server process")?;
         let pid = child.id();
-        let client = HttpsClient::new(&ports[i].0, out.cert_pin, None)?
-            .with_timeouts(Duration::from_secs(5), Duration::from_secs(60));
+        let client = Arc::new(connect(&ports[i].0, out.cert_pin)?);
         servers.push(Server {
             child,
-            client: Arc::new(client),
+            client,
             pid,
+            addr: ports[i].0.clone(),
+            pin: out.cert_pin,
         });
     }
     // Wait until both answer Info.
@@ -273,6 +282,8 @@ struct SimClient {
     key: SigningKey,
     account: AccountId,
     rng: SeededRandom,
+    /// Its own connections to both servers, kept across rounds as a real client keeps them.
+    servers: [Arc<HttpsClient>; 2],
     /// Messages not yet read back: (id, payload).
     queue: VecDeque<(u64, Vec<u8>)>,
 }
@@ -396,23 +407,27 @@ async fn run(args: RunArgs) -> Result<Report> {
     let fp = p.fingerprint();
 
     let mut clients: Vec<SimClient> = (0..args.clients)
-        .map(|i| {
+        .map(|i| -> Result<SimClient> {
             let mut seed = [0u8; 32];
             seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
             seed[8] = 0x4c;
             let key = signing_key_from_bytes(&seed);
             let account = public_key(&key);
-            SimClient {
+            Ok(SimClient {
                 key,
                 account,
                 rng: SeededRandom::new(seed),
+                servers: [
+                    Arc::new(connect(&a.addr, a.pin)?),
+                    Arc::new(connect(&b.addr, b.pin)?),
+                ],
                 queue: VecDeque::new(),
-            }
+            })
         })
-        .collect();
+        .collect::<Result<_>>()?;
     // Register every client with both servers.
     for c in &clients {
-        for s in &servers {
+        for s in &c.servers {
             let req = RegisterRequest {
                 fingerprint: fp,
                 account: c.account,
@@ -519,7 +534,7 @@ async fn run(args: RunArgs) -> Result<Report> {
                 };
                 (mk(ra), mk(rb))
             });
-            let servers = servers.clone();
+            let servers = c.servers.clone();
             let w = Written {
                 client: i,
                 msg,
