@@ -308,6 +308,12 @@ pub enum AbandonReason {
     PeerAbandoned,
     /// This server lost the state needed to close the round (e.g. restarted without it).
     LocalStateLost,
+    /// The peer closed the round early: its sets arrived this many ms before the cutoff
+    /// (beyond the allowed clock skew).
+    PeerClosedEarly {
+        /// How long before the cutoff the peer's sets arrived.
+        early_ms: u64,
+    },
 }
 
 /// The signed outcome of a published round.

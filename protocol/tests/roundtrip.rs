@@ -55,6 +55,7 @@ fn abandon_reason() -> impl Strategy<Value = AbandonReason> {
         Just(AbandonReason::PeerEquivocated),
         Just(AbandonReason::PeerAbandoned),
         Just(AbandonReason::LocalStateLost),
+        any::<u64>().prop_map(|early_ms| AbandonReason::PeerClosedEarly { early_ms }),
     ]
 }
 

@@ -255,6 +255,16 @@ fn golden_bytes_for_every_wire_type() {
         GOLDEN_PEER_ABANDON,
         &mut f,
     );
+    check(
+        "PeerMessage/abandon-early",
+        &PeerMessage::Abandon(AbandonMessage {
+            round: 3,
+            from: Role::B,
+            reason: AbandonReason::PeerClosedEarly { early_ms: 1500 },
+        }),
+        GOLDEN_PEER_ABANDON_EARLY,
+        &mut f,
+    );
     check("PeerAck", &PeerAck { round: 3 }, GOLDEN_PEER_ACK, &mut f);
     assert!(f.is_empty(), "{}", f.join("\n"));
 }
@@ -376,6 +386,7 @@ const GOLDEN_PEER_AUDIT: &str = "01000000030000000000000001000000010000000000000
 const GOLDEN_PEER_SHARES: &str = "02000000030000000000000000000000040000000000000001020304";
 const GOLDEN_PEER_ARRAY_HASH: &str = "0300000003000000000000000100000006060606060606060606060606060606060606060606060606060606060606060f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f10101010101010101010101010101010101010101010101010101010101010101010101010101010101010101010101010101010101010101010101010101010";
 const GOLDEN_PEER_ABANDON: &str = "0400000003000000000000000000000001000000";
+const GOLDEN_PEER_ABANDON_EARLY: &str = "0400000003000000000000000100000006000000dc05000000000000";
 const GOLDEN_PEER_ACK: &str = "0300000000000000";
 
 /// Random and mutated inputs never panic, and whatever does decode is canonical: it encodes

@@ -61,6 +61,11 @@ pub struct Config {
     /// limit. Connections over the limit are closed at once.
     #[serde(default)]
     pub client_max_connections_per_ip: usize,
+    /// Test-only misbehaviour (feature `misbehave`, see [`crate::misbehave`]); never read from
+    /// or written to a file.
+    #[cfg(feature = "misbehave")]
+    #[serde(skip)]
+    pub misbehave: Option<crate::misbehave::Misbehave>,
 }
 
 fn default_registrations_per_minute() -> u32 {

@@ -45,6 +45,8 @@ pub mod config;
 pub mod health;
 pub mod machine;
 pub mod metrics;
+#[cfg(feature = "misbehave")]
+pub mod misbehave;
 pub mod ops;
 pub mod server;
 pub mod store;

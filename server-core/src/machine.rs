@@ -220,7 +220,13 @@ pub struct Machine {
     zero: Option<Arc<Vec<u8>>>,
     forgotten_below: u64,
     rng: RandomFill,
+    #[cfg(feature = "misbehave")]
+    misbehave: Option<crate::misbehave::Misbehave>,
 }
+
+/// How far apart the two servers' clocks may be. Peer sets that arrive earlier than this
+/// before the cutoff mean the peer closed the round early; the round is abandoned.
+pub const MAX_CLOCK_SKEW_MS: u64 = 250;
 
 impl std::fmt::Debug for Machine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -253,7 +259,24 @@ impl Machine {
             zero: None,
             forgotten_below: 0,
             rng,
+            #[cfg(feature = "misbehave")]
+            misbehave: None,
         }
+    }
+
+    /// Makes this machine misbehave (tests only; see [`crate::misbehave`]).
+    #[cfg(feature = "misbehave")]
+    pub fn set_misbehave(&mut self, m: Option<crate::misbehave::Misbehave>) {
+        self.misbehave = m;
+    }
+
+    /// How much before the cutoff this machine freezes `round` (0 unless misbehaving).
+    fn early_ms(&self, _round: u64) -> u64 {
+        #[cfg(feature = "misbehave")]
+        if let Some(m) = &self.misbehave {
+            return m.early_ms(_round);
+        }
+        0
     }
 
     /// The pinned parameters.
@@ -771,6 +794,26 @@ impl Machine {
             _ => {}
         }
         let mut actions = Vec::new();
+        // Both servers freeze at the cutoff, up to the clock skew: sets that arrive earlier
+        // mean the peer closed the round early (and would exclude honest late writes).
+        if let PeerMessage::Sets(_) = &msg {
+            let cutoff = p.at_offset_ms(round, p.cutoff_ms);
+            if now.saturating_add(MAX_CLOCK_SKEW_MS) < cutoff && !self.round_mut(round).is_final() {
+                let early_ms = cutoff - now;
+                actions.push(Action::Alarm {
+                    round,
+                    message: format!(
+                        "peer sent its sets for round {round} {early_ms} ms before the cutoff"
+                    ),
+                });
+                actions.extend(self.abandon(
+                    round,
+                    AbandonReason::PeerClosedEarly { early_ms },
+                    true,
+                ));
+                return Ok((ack, actions));
+            }
+        }
         let st = self.round_mut(round);
         if st.is_final() {
             // A late abandon after we published: if nobody has read the array yet, follow the
@@ -864,6 +907,22 @@ impl Machine {
         if st.is_final() {
             return Vec::new();
         }
+        #[cfg(feature = "misbehave")]
+        let result = {
+            let mut result = result;
+            if let Some(m) = &self.misbehave {
+                for v in result.values.iter_mut() {
+                    if st
+                        .writes
+                        .get(&v.request_id)
+                        .is_some_and(|w| m.fails_audit(round, &w.req.account))
+                    {
+                        v.value[0] ^= 1;
+                    }
+                }
+            }
+            result
+        };
         let msg = AuditMessage {
             round,
             from: role,
@@ -960,7 +1019,10 @@ impl Machine {
             return self.abandon(round, AbandonReason::DeadlineMissed, false);
         }
         // CUTOFF: freeze.
-        if st.frozen.is_none() && now >= p.at_offset_ms(round, p.cutoff_ms) {
+        let cutoff = p
+            .at_offset_ms(round, p.cutoff_ms)
+            .saturating_sub(self.early_ms(round));
+        if st.frozen.is_none() && now >= cutoff {
             let mut nonce = [0u8; 32];
             (self.rng)(&mut nonce);
             let st = self.rounds.entry(round).or_default();

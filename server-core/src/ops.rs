@@ -89,6 +89,8 @@ pub fn init(opts: &InitOptions) -> Result<InitOutput, ConfigError> {
         registrations_per_minute: 60,
         client_max_connections: 1024,
         client_max_connections_per_ip: 0,
+        #[cfg(feature = "misbehave")]
+        misbehave: None,
     };
     config.save(&config_path)?;
     Ok(InitOutput {

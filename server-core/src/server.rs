@@ -88,6 +88,9 @@ struct Shared {
     pending_deliveries: Mutex<BTreeMap<u64, usize>>,
     /// Background tasks (peer deliveries, audits), ended at shutdown.
     background: Mutex<JoinSet<()>>,
+    /// Test-only misbehaviour (see [`crate::misbehave`]).
+    #[cfg(feature = "misbehave")]
+    misbehave: Option<crate::misbehave::Misbehave>,
 }
 
 impl Shared {
@@ -248,6 +251,11 @@ pub async fn run_with_metrics(
             }
         }),
     );
+    #[cfg(feature = "misbehave")]
+    if let Some(m) = &config.misbehave {
+        tracing::warn!(misbehaviour = ?m, "{}", crate::misbehave::MARKER);
+        machine.set_misbehave(Some(m.clone()));
+    }
     let now = now_ms();
     restore(&mut machine, &store, &metrics, now)?;
     metrics
@@ -280,6 +288,8 @@ pub async fn run_with_metrics(
         last_peer_unreachable_ms: AtomicU64::new(0),
         pending_deliveries: Mutex::new(BTreeMap::new()),
         background: Mutex::new(JoinSet::new()),
+        #[cfg(feature = "misbehave")]
+        misbehave: config.misbehave.clone(),
     });
     let _ = execute(shared.clone(), resumed).await;
 
@@ -595,6 +605,11 @@ fn execute(
                     }
                 }
                 Action::SendPeer(msg) => {
+                    #[cfg(feature = "misbehave")]
+                    let msg = match &shared.misbehave {
+                        Some(m) => m.outgoing(msg),
+                        None => msg,
+                    };
                     // Counted before the task starts, so a drain never misses it.
                     let pending = PendingDelivery::new(shared.clone(), msg.round());
                     shared.spawn_background(deliver(shared.clone(), msg, pending));
@@ -945,9 +960,14 @@ async fn client_request(
                 .send((job, tx))
                 .await
                 .map_err(|_| api(ErrorCode::Unavailable, "shutting down"))?;
-            let answers = rx
+            #[allow(unused_mut)]
+            let mut answers = rx
                 .await
                 .map_err(|_| api(ErrorCode::Unavailable, "shutting down"))??;
+            #[cfg(feature = "misbehave")]
+            if let Some(m) = &shared.misbehave {
+                m.read_answers(r.round, &r.account, &mut answers);
+            }
             Ok(codec::encode(&protocol::ReadResponse {
                 array_round,
                 answers,

@@ -65,6 +65,18 @@ fn locate_and_build() -> Result<Bins> {
             );
         }
     }
+    // The servers under test are the operators' build: without server-core's test-only
+    // misbehaving mode (whose start-up message would be in the binary).
+    let marker = concat!("mpm-misbehave: ", "this server misbehaves on purpose");
+    for p in [&bins.server_a, &bins.server_b] {
+        let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+        if bytes.windows(marker.len()).any(|w| w == marker.as_bytes()) {
+            bail!(
+                "{} has the test-only misbehaving mode compiled in (feature server-core/misbehave)",
+                p.display()
+            );
+        }
+    }
     Ok(bins)
 }
 

@@ -1010,3 +1010,40 @@ fn round_close_phases_are_timed_from_the_machine_inputs() {
         "round 0's array"
     );
 }
+
+#[test]
+fn sets_that_arrive_before_the_cutoff_beyond_the_clock_skew_abandon_the_round() {
+    let mut net = Net::new();
+    net.run(at(0, 100), at(0, 200));
+    // "A's" sets for round 0 arrive at B 300 ms before the cutoff: more than the skew allows.
+    let early = SetsMessage {
+        round: 0,
+        from: Role::A,
+        nonce: [7; 32],
+        received: vec![],
+        committed: vec![],
+    };
+    let (_, actions) = net
+        .b
+        .m
+        .handle_peer(at(0, 200), PeerMessage::Sets(early))
+        .expect("ack");
+    net.b.apply(at(0, 200), actions);
+    assert_eq!(
+        net.b.m.status(0),
+        RoundStatus::Abandoned(AbandonReason::PeerClosedEarly { early_ms: 300 })
+    );
+    assert!(net.b.alarms.iter().any(|a| a.contains("before the cutoff")));
+    // A follows B's abandon.
+    net.pump(at(0, 200));
+    assert!(matches!(net.a.m.status(0), RoundStatus::Abandoned(_)));
+
+    // Round 1: A's clock runs 200 ms ahead of B's, within the skew: the round is published.
+    let ahead = net.a.m.tick(at(1, 500));
+    net.a.apply(at(1, 500), ahead);
+    net.pump(at(1, 300));
+    assert_eq!(net.b.m.status(1), RoundStatus::Pending);
+    net.run(at(1, 300), at(1, 1000));
+    published(&net.b, 1);
+    published(&net.a, 1);
+}

@@ -237,6 +237,7 @@ async fn start_pair_with(registration: Registration, tweak: impl Fn(&mut Config)
             registrations_per_minute: 1000,
             client_max_connections: 1024,
             client_max_connections_per_ip: 0,
+            misbehave: None,
         });
     }
     configs.iter_mut().for_each(&tweak);
@@ -1002,3 +1003,5 @@ async fn slow_clients_do_not_delay_the_round_close() {
     pair.a.shutdown().await;
     pair.b.shutdown().await;
 }
+
+mod misbehave;
