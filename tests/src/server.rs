@@ -182,11 +182,16 @@ impl Server {
 
     /// Runs `set-peer`, pinning `peer` at `peer_addr` (its peer port as this server dials it).
     pub fn set_peer(&self, peer: &Server) -> Result<()> {
+        self.set_peer_via(peer, &peer.listen.peer)
+    }
+
+    /// [`Server::set_peer`], dialling the peer at `addr` (e.g. a proxy in front of it).
+    pub fn set_peer_via(&self, peer: &Server, addr: &str) -> Result<()> {
         let mut cmd = Command::new(&self.bin);
         cmd.arg("set-peer")
             .arg("--config")
             .arg(&self.config)
-            .args(["--peer-addr", &peer.listen.peer])
+            .args(["--peer-addr", addr])
             .args(["--peer-pin", &peer.cert_pin])
             .args(["--peer-signing-key", &peer.signing_key]);
         let out = run_cmd(&mut cmd, None, Duration::from_secs(30))?;

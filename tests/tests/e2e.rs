@@ -14,6 +14,8 @@
 //! | `s2_*` | each server SIGKILLed in the middle of a conversation and restarted from its data dir (A between commits and cutoff, at once; B while writes are open, for two rounds): nothing lost or duplicated, order kept, the interrupted round's writes accepted |
 //! | `s3_*` | on the wire (a TLS-record-counting proxy in front of each server): a chatting client and two idle ones send records of identical sizes at the same points of every round |
 //! | `s4_*` | server A, server B and the clients in three network namespaces joined by veth pairs (10.77.x.y), TLS across them |
+//! | `s6_*` | the A-B link cut for four rounds and restored (the peer ports behind TCP proxies the test stops and restarts) while two clients chat: the cut rounds are abandoned by both servers (none applied on one side), clients keep their schedule, every message arrives exactly once after the link heals |
+//! | `s5_*` | eight SIGKILLs of a random server at offsets spread over the whole round (accept, cutoff, audit, exchange, persist, publish of the previous round), down for up to a round each, while two clients chat: exactly-once in-order delivery, both servers agree on the last published round afterwards |
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -284,6 +286,201 @@ fn s2_servers_killed_and_restarted_lose_and_duplicate_nothing() -> Result<()> {
                 srv.role
             );
         }
+        Ok(())
+    })
+}
+
+/// A small deterministic generator (xorshift64*) for the kill schedule.
+struct Dice(u64);
+
+impl Dice {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n.max(1)
+    }
+}
+
+/// Scenario 5: either server SIGKILLed many times at points spread over the round, each time
+/// restarted from its data dir after up to a round, while a conversation goes on.
+#[test]
+fn s5_random_kills_of_either_server_lose_and_duplicate_nothing() -> Result<()> {
+    const KILLS: u64 = 8;
+    run_scene("random-kills", Duration::from_secs(330), |s| {
+        let (mut a, mut b) = s.loopback_servers()?;
+        let timing = a.timing()?;
+        let (ia, ib) = (a.info(), b.info());
+        let mut alice = s.init_client("alice", &ia, &ib)?;
+        let mut bob = s.init_client("bob", &ia, &ib)?;
+        befriend(&alice, &bob)?;
+        let mut ex = Expect::default();
+        ex.send(&alice, &bob, &long_text("alice #0", 300))?;
+        alice.start()?;
+        bob.start()?;
+        // The schedule is printed, and replayed with MPM_E2E_SEED=<seed>.
+        let seed = std::env::var("MPM_E2E_SEED")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| now_ms() | 1);
+        s.say(format!("kill schedule seed {seed} (MPM_E2E_SEED)"));
+        let mut dice = Dice(seed);
+        let stratum = timing.round_ms / KILLS;
+        for i in 0..KILLS {
+            // A message each way before every other kill (the channel moves one fragment per
+            // direction every four rounds; more would only lengthen the test).
+            if i % 2 == 0 {
+                ex.send(&alice, &bob, &format!("alice #{}: before kill {i}", i + 1))?;
+                ex.send(&bob, &alice, &format!("bob #{}: before kill {i}", i + 1))?;
+            }
+            // Kill i lands in the i-th eighth of a round, somewhere random inside it.
+            let offset = i * stratum + dice.below(stratum);
+            let at = timing.next_at_offset(offset, timing.round_ms);
+            let down_ms = dice.below(timing.round_ms);
+            let srv = if dice.below(2) == 0 { &mut a } else { &mut b };
+            sleep_until_ms(at);
+            srv.kill9()?;
+            std::thread::sleep(Duration::from_millis(down_ms));
+            srv.start()?;
+            srv.wait_ready(s.deadline)?;
+            s.say(format!(
+                "kill {i}: server {:?} SIGKILLed in round {} at offset {offset} ms, down {down_ms} ms, ready again",
+                srv.role,
+                timing.round_at(at)
+            ));
+            alice.check_alive()?;
+            bob.check_alive()?;
+        }
+        ex.send(&alice, &bob, "alice #last: after every kill")?;
+        ex.send(&bob, &alice, "bob #last: after every kill")?;
+        ex.wait_delivered(&mut [&mut alice, &mut bob], s.deadline)?;
+        // Both servers agree on which rounds are published: sampled in the middle of a round,
+        // both have published the same last round.
+        wait_for(
+            s.deadline,
+            "both servers to report the same last published round",
+            Duration::from_millis(100),
+            || {
+                sleep_until_ms(timing.next_at_offset(timing.round_ms / 2, 0));
+                let last = |srv: &Server| -> Result<f64> {
+                    Ok(srv.metrics()?.get("mpm_last_published_round", &[]))
+                };
+                let (la, lb) = (last(&a)?, last(&b)?);
+                s.say(format!("last published round: A {la}, B {lb}"));
+                Ok((la == lb && la > 0.0).then_some(()))
+            },
+        )?;
+        Ok(())
+    })
+}
+
+/// Scenario 6: a partition between A and B (the clients still reach both).
+#[test]
+fn s6_a_partition_between_the_servers_applies_nothing_one_sided_and_heals() -> Result<()> {
+    run_scene("partition", Duration::from_secs(240), |s| {
+        let (mut a, mut b) = create_pair(
+            &s.bins,
+            s.path(),
+            [Listen::loopback()?, Listen::loopback()?],
+            [None, None],
+        )?;
+        // Each server dials its peer through a proxy: cutting both proxies is the partition.
+        let via_a: SocketAddr = e2e::util::free_loopback_addr()?.parse()?;
+        let via_b: SocketAddr = e2e::util::free_loopback_addr()?.parse()?;
+        let (peer_a, peer_b): (SocketAddr, SocketAddr) =
+            (a.listen.peer.parse()?, b.listen.peer.parse()?);
+        let link = || -> Result<Option<[Proxy; 2]>> {
+            Ok(Some([
+                Proxy::start(via_b, peer_b)?,
+                Proxy::start(via_a, peer_a)?,
+            ]))
+        };
+        a.set_peer_via(&b, &via_b.to_string())?;
+        b.set_peer_via(&a, &via_a.to_string())?;
+        let mut proxies = link()?;
+        a.start()?;
+        b.start()?;
+        a.wait_ready(s.deadline)?;
+        b.wait_ready(s.deadline)?;
+        let timing = a.timing()?;
+        let (ia, ib) = (a.info(), b.info());
+        let mut alice = s.init_client("alice", &ia, &ib)?;
+        let mut bob = s.init_client("bob", &ia, &ib)?;
+        befriend(&alice, &bob)?;
+        let mut ex = Expect::default();
+        ex.send(&alice, &bob, "alice #1: before the partition")?;
+        ex.send(&bob, &alice, "bob #1: before the partition")?;
+        alice.start()?;
+        bob.start()?;
+        wait_for(
+            s.deadline,
+            "a first message to arrive",
+            Duration::from_millis(500),
+            || Ok((ex.check(&[&alice, &bob])?.received >= 1).then_some(())),
+        )?;
+        let published = |srv: &Server| -> Result<(f64, f64)> {
+            let m = srv.metrics()?;
+            Ok((
+                m.get("mpm_rounds_published_total", &[]),
+                m.get("mpm_rounds_abandoned_total", &[]),
+            ))
+        };
+        let before = [published(&a)?, published(&b)?];
+
+        // Cut the link at the start of a round, for four rounds.
+        let cut_at = timing.next_at_offset(0, 0);
+        sleep_until_ms(cut_at);
+        proxies.take();
+        let first_cut = timing.round_at(cut_at);
+        s.say(format!("A-B link cut at the start of round {first_cut}"));
+        ex.send(&alice, &bob, "alice #2: sent during the partition")?;
+        ex.send(&bob, &alice, "bob #2: sent during the partition")?;
+        sleep_until_ms(timing.start(first_cut + 4));
+        proxies = link()?;
+        let healed = timing.round_at(now_ms());
+        s.say(format!("A-B link restored in round {healed}"));
+        // The rounds the link was down for are abandoned by both: nothing published on one
+        // side only.
+        sleep_until_ms(timing.start(healed + 2));
+        let after = [published(&a)?, published(&b)?];
+        for (i, srv) in [&a, &b].into_iter().enumerate() {
+            let abandoned = after[i].1 - before[i].1;
+            s.say(format!(
+                "server {:?} during the cut: {abandoned} round(s) abandoned",
+                srv.role
+            ));
+            ensure!(
+                abandoned >= 3.0,
+                "server {:?} abandoned {abandoned} rounds",
+                srv.role
+            );
+        }
+        for c in [&mut alice, &mut bob] {
+            c.check_alive()?;
+            for r in first_cut..first_cut + 3 {
+                ensure!(
+                    !matches!(c.write_outcome(r)?, Some((true, Some(true)))),
+                    "{}'s write of round {r} (link down) was accepted",
+                    c.name
+                );
+            }
+        }
+        ex.send(&alice, &bob, "alice #3: after the link healed")?;
+        ex.wait_delivered(&mut [&mut alice, &mut bob], s.deadline)?;
+        wait_for(
+            s.deadline,
+            "both servers to report the same last published round",
+            Duration::from_millis(100),
+            || {
+                sleep_until_ms(timing.next_at_offset(timing.round_ms / 2, 0));
+                let last = |srv: &Server| -> Result<f64> {
+                    Ok(srv.metrics()?.get("mpm_last_published_round", &[]))
+                };
+                let (la, lb) = (last(&a)?, last(&b)?);
+                Ok((la == lb && la >= healed as f64).then_some(()))
+            },
+        )?;
+        drop(proxies);
         Ok(())
     })
 }
