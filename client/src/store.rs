@@ -309,19 +309,42 @@ impl Store {
         Ok(())
     }
 
-    /// Opens an existing store, refusing one that others can read.
+    /// Opens an existing store, refusing one that others can read and one that fails
+    /// SQLite's structural check (a truncated or damaged file is reported, never used).
     pub fn open(path: &Path) -> Result<Self, Error> {
         if !path.exists() {
             return Err(Error::NotInitialised(path.to_path_buf()));
         }
         check_private(path)?;
-        let mut conn = Self::connect(path)?;
+        let damaged = |e: rusqlite::Error| match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) => {
+                Error::Corrupt(format!("{}: {e}", path.display()))
+            }
+            _ => Error::Store(e),
+        };
+        let mut conn = Self::connect(path).map_err(|e| match e {
+            Error::Store(e) => damaged(e),
+            e => e,
+        })?;
+        // Every page and index checked (the store is small; this takes milliseconds).
+        let problems: Vec<String> = conn
+            .prepare("PRAGMA quick_check")
+            .and_then(|mut q| q.query_map([], |r| r.get(0))?.collect())
+            .map_err(damaged)?;
+        if problems != ["ok"] {
+            return Err(Error::Corrupt(format!(
+                "{}: damaged ({})",
+                path.display(),
+                problems.join("; ")
+            )));
+        }
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let version: Option<i64> = tx
             .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
                 r.get(0)
             })
-            .optional()?;
+            .optional()
+            .map_err(|e| Error::Corrupt(format!("{}: no schema version ({e})", path.display())))?;
         match version {
             Some(v) if (1..SCHEMA_VERSION).contains(&v) => {
                 for (i, m) in MIGRATIONS.iter().enumerate().skip((v - 1) as usize) {
@@ -1135,6 +1158,51 @@ mod tests {
             Store::create(&path),
             Err(Error::AlreadyInitialised(_))
         ));
+        Ok(())
+    }
+
+    /// A store file that was truncated, overwritten in the middle, or replaced by garbage or
+    /// an empty file is refused with `Error::Corrupt` naming the file, never used.
+    #[test]
+    fn damaged_store_files_are_refused() -> Result<(), Error> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io(Path::new("tmp"), e))?;
+        let good = dir.path().join("good.db");
+        {
+            let mut s = Store::create(&good)?;
+            s.with_tx(|t| {
+                for i in 0..3000u64 {
+                    t.set_meta_u64(&format!("filler-{i:05}"), i)?;
+                }
+                Ok(())
+            })?;
+        }
+        let bytes = std::fs::read(&good).map_err(|e| Error::io(&good, e))?;
+        assert!(bytes.len() > 8 * 4096, "several pages: {}", bytes.len());
+        let mut middle = bytes.clone();
+        for b in &mut middle[2 * 4096..4 * 4096] {
+            *b = 0xab;
+        }
+        let mut header = bytes.clone();
+        header[..100].fill(0x5a);
+        let damaged: [(&str, Vec<u8>); 4] = [
+            ("truncated", bytes[..bytes.len() / 2].to_vec()),
+            ("overwritten", middle),
+            ("garbage-header", header),
+            ("empty", Vec::new()),
+        ];
+        for (name, content) in damaged {
+            let path = dir.path().join(format!("{name}.db"));
+            drop(create_private_file(&path)?);
+            std::fs::write(&path, &content).map_err(|e| Error::io(&path, e))?;
+            match Store::open(&path) {
+                Err(Error::Corrupt(why)) => assert!(why.contains(name), "{name}: {why}"),
+                Err(e) => panic!("{name}: not reported as corrupt: {e}"),
+                Ok(_) => panic!("{name}: a damaged store was opened"),
+            }
+        }
+        // The undamaged original still opens.
+        let mut s = Store::open(&good)?;
+        assert_eq!(s.with_tx(|t| t.meta_u64("filler-02999"))?, Some(2999));
         Ok(())
     }
 
