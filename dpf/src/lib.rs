@@ -94,7 +94,7 @@ mod write;
 pub use codec::VERSION;
 pub use read::{LEAF_BITS, ReadKey, pir_answer};
 pub use rng::{OsRandom, RandomSource, SeededRandom};
-pub use write::{WriteKey, write_accumulate, write_accumulate_audited};
+pub use write::{WriteKey, write_accumulate, write_accumulate_audited, write_audit};
 
 /// The fixed-key hash alone over `blocks`, in place: the AES floor that benchmarks compare the
 /// DPF against (every DPF evaluation is at least this many hash blocks). Not for other uses.

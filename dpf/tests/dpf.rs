@@ -2,7 +2,7 @@
 
 use dpf::{
     AuditChallenge, DecodeError, Error, Party, RandomSource, ReadKey, SeededRandom, WriteKey,
-    pir_answer, write_accumulate, write_accumulate_audited,
+    pir_answer, write_accumulate, write_accumulate_audited, write_audit,
 };
 
 fn xor(a: &[u8], b: &[u8]) -> Vec<u8> {
@@ -535,4 +535,44 @@ fn every_truncated_prefix_and_extension_is_rejected() {
         Err(DecodeError::SlotLen { .. })
     ));
     assert!(WriteKey::decode(&huge, 9, u32::MAX as usize).is_err());
+}
+
+/// A server that applies writes as they arrive (`write_accumulate`) and audits them once the
+/// challenge is drawn (`write_audit`) ends with the same array and the same audit values as
+/// one that does both at once, for honest and malformed pairs, and for keys whose domain is
+/// smaller or larger than the array.
+#[test]
+fn applying_early_and_auditing_later_equals_the_audited_write() {
+    let mut rng = SeededRandom::new([16; 32]);
+    let (slots, l) = (700usize, 48usize);
+    let ch = AuditChallenge([0x3c; 16]);
+    let mut keys: Vec<(WriteKey, Vec<u8>)> = Vec::new();
+    for (i, n) in [10u32, 9, 11, 10, 10].into_iter().enumerate() {
+        let (mut a, _) = WriteKey::r#gen(
+            n,
+            l,
+            (i as u64 * 97) % (1 << n),
+            &[i as u8 + 1; 48],
+            &mut rng,
+        )
+        .expect("gen");
+        if i == 3 {
+            // A malformed half: its output correction changed.
+            let (b, _) = WriteKey::r#gen(n, l, 5, &[9; 48], &mut rng).expect("gen");
+            a = b;
+        }
+        keys.push((a, format!("ctx {i}").into_bytes()));
+    }
+    let writes: Vec<(&WriteKey, &[u8])> = keys.iter().map(|(k, c)| (k, c.as_slice())).collect();
+    let refs: Vec<&WriteKey> = keys.iter().map(|(k, _)| k).collect();
+    for party in [Party::A, Party::B] {
+        let mut at_once = vec![0u8; slots * l];
+        rng.fill(&mut at_once);
+        let mut early = at_once.clone();
+        let want = write_accumulate_audited(&mut at_once, l, &writes, party, &ch);
+        write_accumulate(&mut early, l, &refs, party);
+        let got = write_audit(slots, l, &writes, party, &ch);
+        assert_eq!(got, want, "{party:?}: audit values");
+        assert_eq!(early, at_once, "{party:?}: arrays");
+    }
 }

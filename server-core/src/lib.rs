@@ -42,6 +42,7 @@
 pub mod cli;
 pub mod compute;
 pub mod config;
+pub mod early;
 pub mod health;
 pub mod machine;
 pub mod metrics;

@@ -1,8 +1,9 @@
 //! The thin tokio shell around the [`Machine`]: listeners, the clock, persistence, peer
 //! delivery, batched reads, metrics.
 
-use crate::compute::{answer_reads, run_audit, worker_count};
+use crate::compute::{answer_reads, run_audit_with_early, worker_count};
 use crate::config::{Config, ConfigError, load_signing_key};
+use crate::early::EarlyApply;
 use crate::health::{ReadinessInput, readiness};
 use crate::machine::{Action, ApiError, Machine, MachineConfig, ReadJob};
 use crate::metrics::Metrics;
@@ -88,6 +89,8 @@ struct Shared {
     pending_deliveries: Mutex<BTreeMap<u64, usize>>,
     /// Background tasks (peer deliveries, audits), ended at shutdown.
     background: Mutex<JoinSet<()>>,
+    /// Writes applied to their round's share as they arrive.
+    early: Arc<EarlyApply>,
     /// Test-only misbehaviour (see [`crate::misbehave`]).
     #[cfg(feature = "misbehave")]
     misbehave: Option<crate::misbehave::Misbehave>,
@@ -288,6 +291,12 @@ pub async fn run_with_metrics(
         last_peer_unreachable_ms: AtomicU64::new(0),
         pending_deliveries: Mutex::new(BTreeMap::new()),
         background: Mutex::new(JoinSet::new()),
+        early: Arc::new(EarlyApply::start(
+            role,
+            params.domain_bits,
+            params.n_slots() as usize,
+            params.slot_len as usize,
+        )),
         #[cfg(feature = "misbehave")]
         misbehave: config.misbehave.clone(),
     });
@@ -620,9 +629,12 @@ fn execute(
                         let shared = task_shared;
                         let round = job.round;
                         let started = Instant::now();
-                        let res =
-                            tokio::task::spawn_blocking(move || run_audit(&job, worker_count()))
-                                .await;
+                        let early = shared.early.clone();
+                        let res = tokio::task::spawn_blocking(move || {
+                            let applied = early.take(job.round);
+                            run_audit_with_early(&job, applied, worker_count())
+                        })
+                        .await;
                         if shared.stopped() {
                             // Stopped meanwhile: a restart recomputes the audit.
                             return;
@@ -681,6 +693,7 @@ fn execute(
                     tracing::error!(round, alarm = %message, "ALARM");
                 }
                 Action::Prune { below } => {
+                    shared.early.forget_below(below);
                     let store = shared.store.clone();
                     let _ = tokio::task::spawn_blocking(move || {
                         if let Ok(rounds) = store.rounds() {
@@ -916,6 +929,7 @@ async fn client_request(
         "write" => {
             let w: protocol::WriteRequest = decode(body)?;
             let (round, id) = (w.round, w.request_id);
+            let key = w.key.clone();
             let (receipt, actions) = {
                 // New writes are refused once a shutdown began (an identical retry of one
                 // accepted before still gets its receipt: it needs no action).
@@ -927,9 +941,15 @@ async fn client_request(
                 }
                 (receipt, actions)
             };
+            let fresh = !actions.is_empty();
             if let Err(e) = execute(shared.clone(), actions).await {
                 shared.machine().rollback_write(round, &id);
                 return Err(internal(e));
+            }
+            if fresh {
+                // Persisted and acknowledged: apply it to the round's share while the round
+                // is still open (an identical retry is not applied twice).
+                shared.early.push(round, id, key);
             }
             shared
                 .metrics

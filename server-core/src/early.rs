@@ -1,0 +1,281 @@
+//! Writes applied to their round's share as they arrive, before the round closes.
+//!
+//! Evaluating a write over the whole array is most of a round's work, and it does not need
+//! the audit challenge, which exists only after the cutoff. So each accepted write half is
+//! handed to a worker thread that XORs it into the round's *early share* during the write
+//! window. At the audit the round's job then only audits those writes ([`dpf::write_audit`]),
+//! evaluates the accepted ones that were not applied early (e.g. after a restart: the early
+//! share lives in memory only), and removes the applied ones that were not accepted (XOR is
+//! its own inverse). The result is exactly the share [`crate::compute::run_audit`] computes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use protocol::{RequestId, Role};
+
+use crate::compute::party;
+
+/// Writes of one round applied so far.
+#[derive(Default)]
+pub struct Early {
+    /// The XOR of the applied writes' shares (empty until the first is applied).
+    pub share: Vec<u8>,
+    /// The applied writes' encoded key halves, by request id.
+    pub applied: HashMap<RequestId, Vec<u8>>,
+}
+
+#[derive(Default)]
+struct Round {
+    early: Early,
+    /// Handed to the worker and not yet applied.
+    queued: usize,
+}
+
+struct State {
+    rounds: BTreeMap<u64, Round>,
+    /// Rounds below this are closed: late work for them is dropped.
+    closed_below: u64,
+}
+
+impl std::fmt::Debug for Early {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Early")
+            .field("share_bytes", &self.share.len())
+            .field("applied", &self.applied.len())
+            .finish()
+    }
+}
+
+/// The early-apply worker and the rounds' early shares.
+pub struct EarlyApply {
+    state: Arc<(Mutex<State>, Condvar)>,
+    tx: Mutex<Option<mpsc::Sender<Job>>>,
+}
+
+impl std::fmt::Debug for EarlyApply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = lock(&self.state.0);
+        f.debug_struct("EarlyApply")
+            .field("rounds", &s.rounds.keys().collect::<Vec<_>>())
+            .field("closed_below", &s.closed_below)
+            .finish()
+    }
+}
+
+/// A write half handed to the worker: (round, request id, encoded key).
+type Job = (u64, RequestId, Vec<u8>);
+
+/// Writes applied in one pass over the array.
+const BATCH: usize = 32;
+
+fn lock(s: &Mutex<State>) -> MutexGuard<'_, State> {
+    s.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl EarlyApply {
+    /// Starts the worker thread for arrays of `slots` slots of `slot_len` bytes.
+    pub fn start(role: Role, domain_bits: u32, slots: usize, slot_len: usize) -> EarlyApply {
+        let state = Arc::new((
+            Mutex::new(State {
+                rounds: BTreeMap::new(),
+                closed_below: 0,
+            }),
+            Condvar::new(),
+        ));
+        let (tx, rx) = mpsc::channel::<Job>();
+        let st = state.clone();
+        let spawned = std::thread::Builder::new()
+            .name("early-apply".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < BATCH {
+                        match rx.try_recv() {
+                            Ok(w) => batch.push(w),
+                            Err(_) => break,
+                        }
+                    }
+                    batch.sort_by_key(|w| w.0);
+                    for group in batch.chunk_by(|x, y| x.0 == y.0) {
+                        apply(&st, role, domain_bits, slots, slot_len, group);
+                    }
+                }
+            });
+        if let Err(e) = &spawned {
+            // Without the worker every write is evaluated at the audit, as after a restart.
+            tracing::warn!(error = %e, "cannot start the early-apply thread");
+        }
+        EarlyApply {
+            state,
+            tx: Mutex::new(spawned.ok().map(|_| tx)),
+        }
+    }
+
+    /// Hands an accepted write half of `round` to the worker.
+    pub fn push(&self, round: u64, id: RequestId, key: Vec<u8>) {
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(tx) = tx.as_ref() else { return };
+        {
+            let mut s = lock(&self.state.0);
+            if round < s.closed_below {
+                return;
+            }
+            s.rounds.entry(round).or_default().queued += 1;
+        }
+        if tx.send((round, id, key)).is_err() {
+            let mut s = lock(&self.state.0);
+            if let Some(r) = s.rounds.get_mut(&round) {
+                r.queued -= 1;
+            }
+            self.state.1.notify_all();
+        }
+    }
+
+    /// Waits until every write handed over for `round` is applied, then takes the round's
+    /// early share (`None` if nothing was applied). Blocks: call from a blocking thread.
+    pub fn take(&self, round: u64) -> Option<Early> {
+        let (m, cv) = &*self.state;
+        let mut s = lock(m);
+        while s.rounds.get(&round).is_some_and(|r| r.queued > 0) {
+            s = cv.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+        s.rounds
+            .remove(&round)
+            .map(|r| r.early)
+            .filter(|e| !e.applied.is_empty())
+    }
+
+    /// Drops the early shares of rounds below `below` (abandoned or pruned).
+    pub fn forget_below(&self, below: u64) {
+        let mut s = lock(&self.state.0);
+        s.closed_below = s.closed_below.max(below);
+        // Rounds with writes in flight keep their entry until the worker is done with it.
+        s.rounds.retain(|r, st| *r >= below || st.queued > 0);
+    }
+}
+
+fn apply(
+    state: &(Mutex<State>, Condvar),
+    role: Role,
+    domain_bits: u32,
+    slots: usize,
+    slot_len: usize,
+    group: &[Job],
+) {
+    let round = group[0].0;
+    let (m, cv) = state;
+    // The share is taken out while it is computed on (a `take` waits for `queued`).
+    let mut early = {
+        let mut s = lock(m);
+        std::mem::take(&mut s.rounds.entry(round).or_default().early)
+    };
+    if early.share.is_empty() {
+        early.share = vec![0u8; slots * slot_len];
+    }
+    // A write is applied once, even if it was handed over twice.
+    let mut seen = std::collections::HashSet::new();
+    let decoded: Vec<(RequestId, dpf::WriteKey, &Vec<u8>)> = group
+        .iter()
+        .filter(|(_, id, _)| !early.applied.contains_key(id) && seen.insert(*id))
+        .filter_map(|(_, id, k)| {
+            // Keys were validated when accepted; one that does not decode is left to the audit.
+            dpf::WriteKey::decode(k, domain_bits, slot_len)
+                .ok()
+                .map(|d| (*id, d, k))
+        })
+        .collect();
+    let refs: Vec<&dpf::WriteKey> = decoded.iter().map(|(_, k, _)| k).collect();
+    dpf::write_accumulate(&mut early.share, slot_len, &refs, party(role));
+    for (id, _, k) in &decoded {
+        early.applied.insert(*id, (*k).clone());
+    }
+    let mut s = lock(m);
+    let closed = round < s.closed_below;
+    let r = s.rounds.entry(round).or_default();
+    r.queued = r.queued.saturating_sub(group.len());
+    if !closed {
+        r.early = early;
+    }
+    if closed && r.queued == 0 {
+        s.rounds.remove(&round);
+    }
+    cv.notify_all();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compute::{AuditJob, run_audit, run_audit_with_early};
+    use dpf::SeededRandom;
+
+    /// Whatever was applied early (some accepted writes, one write that is then not accepted,
+    /// a duplicate hand-over, none at all), the audit ends with the share and the values of an
+    /// audit that evaluated everything at once.
+    #[test]
+    fn early_application_gives_the_same_share_and_values() {
+        let (n, l) = (9u32, 64usize);
+        let mut rng = SeededRandom::new([4; 32]);
+        let mut writes = Vec::new();
+        for i in 0..7u8 {
+            let (a, b) =
+                dpf::WriteKey::r#gen(n, l, u64::from(i) * 61, &[i + 1; 64], &mut rng).expect("gen");
+            // Write 5 is malformed: its halves come from two different pairs.
+            let half = if i == 5 { b.encode() } else { a.encode() };
+            writes.push(([i; 16], half, vec![i; 12]));
+        }
+        let job = AuditJob {
+            round: 3,
+            role: Role::A,
+            n_slots: 1 << n,
+            slot_len: l,
+            domain_bits: n,
+            challenge: [8; 16],
+            // Write 6 is applied early but not accepted.
+            writes: writes[..6].to_vec(),
+        };
+        let want = run_audit(&job, 2).expect("audit");
+        for applied in [
+            vec![],
+            vec![0usize, 2, 5, 6],
+            vec![0, 1, 2, 3, 4, 5, 6],
+            vec![6],
+        ] {
+            let early = EarlyApply::start(Role::A, n, 1 << n, l);
+            for &i in &applied {
+                early.push(3, writes[i].0, writes[i].1.clone());
+            }
+            if let Some(&i) = applied.first() {
+                early.push(3, writes[i].0, writes[i].1.clone());
+            }
+            let got = run_audit_with_early(&job, early.take(3), 2).expect("audit");
+            assert!(
+                got.share == want.share,
+                "share differs, applied early: {applied:?}"
+            );
+            let ids = |r: &crate::compute::AuditResult| -> Vec<RequestId> {
+                r.values.iter().map(|v| v.request_id).collect()
+            };
+            assert_eq!(ids(&got), ids(&want));
+            for (g, w) in got.values.iter().zip(&want.values) {
+                // The malformed write's halves do not decode as one pair; an honest one's
+                // value is deterministic.
+                assert_eq!(g.value, w.value, "write {:?}", g.request_id[0]);
+            }
+        }
+    }
+
+    #[test]
+    fn forgotten_rounds_drop_their_share_and_late_work() {
+        let early = EarlyApply::start(Role::B, 6, 64, 32);
+        let mut rng = SeededRandom::new([5; 32]);
+        let (a, _) = dpf::WriteKey::r#gen(6, 32, 3, &[1; 32], &mut rng).expect("gen");
+        early.push(1, [1; 16], a.encode());
+        early.push(2, [2; 16], a.encode());
+        early.forget_below(2);
+        early.push(1, [3; 16], a.encode());
+        assert!(early.take(1).is_none(), "round 1 is closed");
+        let two = early.take(2).expect("round 2 kept");
+        assert_eq!(two.applied.len(), 1);
+    }
+}
