@@ -91,12 +91,80 @@ struct Shared {
     background: Mutex<JoinSet<()>>,
     /// Writes applied to their round's share as they arrive.
     early: Arc<EarlyApply>,
+    /// Records to persist, group-committed by [`persister`].
+    persists: mpsc::Sender<PersistJob>,
     /// Test-only misbehaviour (see [`crate::misbehave`]).
     #[cfg(feature = "misbehave")]
     misbehave: Option<crate::misbehave::Misbehave>,
 }
 
+/// One record to persist and where to report that it is durable.
+struct PersistJob {
+    key: RecordKey,
+    bytes: Vec<u8>,
+    done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// Records per group commit at most.
+const PERSIST_BATCH: usize = 256;
+
+/// Persists records in group commits: whatever is queued while one batch is being written
+/// goes into the next, so a burst of writes and commits costs a few journal commits instead of
+/// two fsyncs each. A record is reported durable only after its batch is.
+async fn persister(store: Store, mut rx: mpsc::Receiver<PersistJob>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < PERSIST_BATCH {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let records: Vec<(RecordKey, Vec<u8>)> = batch
+            .iter_mut()
+            .map(|j| (j.key.clone(), std::mem::take(&mut j.bytes)))
+            .collect();
+        let store = store.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            let refs: Vec<(&RecordKey, &[u8])> =
+                records.iter().map(|(k, v)| (k, v.as_slice())).collect();
+            store.put_many(&refs).map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        for j in batch {
+            let r = res.clone().map_err(|e| StoreError::Io {
+                path: j.key.name.clone(),
+                source: std::io::Error::other(e),
+            });
+            let _ = j.done.send(r);
+        }
+    }
+}
+
 impl Shared {
+    /// Persists one record (through the group committer).
+    async fn persist(&self, key: RecordKey, bytes: Vec<u8>) -> Result<(), StoreError> {
+        let (done, wait) = oneshot::channel();
+        let stopped = || StoreError::Io {
+            path: key.name.clone(),
+            source: std::io::Error::other("the server is stopping"),
+        };
+        if self
+            .persists
+            .send(PersistJob {
+                key: key.clone(),
+                bytes,
+                done,
+            })
+            .await
+            .is_err()
+        {
+            return Err(stopped());
+        }
+        wait.await.unwrap_or_else(|_| Err(stopped()))
+    }
+
     fn machine(&self) -> MutexGuard<'_, Machine> {
         // A panic while holding the lock cannot leave the machine half-updated in a way that
         // matters more than stopping would; keep serving.
@@ -271,6 +339,9 @@ pub async fn run_with_metrics(
         .with_max_response_bytes(64 << 10);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (read_tx, read_rx) = mpsc::channel(1024);
+    let (persist_tx, persist_rx) = mpsc::channel(4096);
+    // Ends when the last sender (in `Shared`) is gone.
+    tokio::spawn(persister(store.clone(), persist_rx));
     metrics
         .array_bytes
         .store(params.array_bytes(), Ordering::Relaxed);
@@ -291,6 +362,7 @@ pub async fn run_with_metrics(
         last_peer_unreachable_ms: AtomicU64::new(0),
         pending_deliveries: Mutex::new(BTreeMap::new()),
         background: Mutex::new(JoinSet::new()),
+        persists: persist_tx,
         early: Arc::new(EarlyApply::start(
             role,
             params.domain_bits,
@@ -590,16 +662,7 @@ fn execute(
         for action in actions {
             match action {
                 Action::Persist { key, bytes } => {
-                    let store = shared.store.clone();
-                    let k = key.clone();
-                    let res = tokio::task::spawn_blocking(move || store.put(&k, &bytes))
-                        .await
-                        .unwrap_or_else(|e| {
-                            Err(StoreError::Io {
-                                path: key.name.clone(),
-                                source: std::io::Error::other(e.to_string()),
-                            })
-                        });
+                    let res = shared.persist(key.clone(), bytes).await;
                     if let Err(e) = res {
                         shared
                             .metrics

@@ -107,23 +107,51 @@ impl Store {
 
     /// Durably writes a record (write, fsync, rename, fsync dir).
     pub fn put(&self, key: &RecordKey, payload: &[u8]) -> Result<(), StoreError> {
-        let path = self.path(key)?;
-        let dir = path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| self.root.clone());
-        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        let tmp = dir.join(format!(".{}.tmp", key.name));
-        {
+        self.put_many(&[(key, payload)])
+    }
+
+    /// Durably writes several records (a group commit): every temporary file is written,
+    /// then each is fsynced (on a journaling filesystem the first fsync usually commits them
+    /// all, and the others find nothing left to do), renamed into place, and each directory
+    /// fsynced once. When it returns `Ok`, every record is durable; a later record with the
+    /// same key replaces an earlier one, as with successive [`Store::put`]s.
+    pub fn put_many(&self, records: &[(&RecordKey, &[u8])]) -> Result<(), StoreError> {
+        // The last record of each key wins.
+        let mut last: std::collections::BTreeMap<&RecordKey, &[u8]> = Default::default();
+        for (k, v) in records {
+            last.insert(*k, *v);
+        }
+        // Every name is checked before anything is written.
+        let paths = last
+            .keys()
+            .map(|k| self.path(k))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut staged = Vec::with_capacity(last.len());
+        for ((key, payload), path) in last.into_iter().zip(paths) {
+            let dir = path
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| self.root.clone());
+            std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+            let tmp = dir.join(format!(".{}.tmp", key.name));
             let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
             f.write_all(&record_header(payload)).map_err(io_err(&tmp))?;
             f.write_all(payload).map_err(io_err(&tmp))?;
-            f.sync_all().map_err(io_err(&tmp))?;
+            staged.push((f, tmp, path, dir));
         }
-        std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
-        std::fs::File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(&dir))?;
+        for (f, tmp, _, _) in &staged {
+            f.sync_all().map_err(io_err(tmp))?;
+        }
+        let mut dirs = std::collections::BTreeSet::new();
+        for (_, tmp, path, dir) in &staged {
+            std::fs::rename(tmp, path).map_err(io_err(path))?;
+            dirs.insert(dir.clone());
+        }
+        for dir in dirs {
+            std::fs::File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(&dir))?;
+        }
         Ok(())
     }
 
@@ -230,6 +258,36 @@ pub fn decode_record(bytes: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_group_commit_writes_every_record_and_the_last_of_a_key_wins() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(io_err(Path::new("tmp")))?;
+        let s = Store::open(dir.path())?;
+        let (a, b, g) = (
+            RecordKey::round(1, "write-1"),
+            RecordKey::round(2, "write-2"),
+            RecordKey::global("accounts"),
+        );
+        s.put_many(&[
+            (&a, b"first".as_slice()),
+            (&b, b"two".as_slice()),
+            (&g, b"global".as_slice()),
+            (&a, b"second".as_slice()),
+        ])?;
+        assert_eq!(s.get(&a)?, Some(b"second".to_vec()));
+        assert_eq!(s.get(&b)?, Some(b"two".to_vec()));
+        assert_eq!(s.get(&g)?, Some(b"global".to_vec()));
+        assert_eq!(s.list(Some(1))?, vec!["write-1".to_string()]);
+        // A bad name anywhere in the batch writes nothing.
+        let bad = RecordKey::round(3, "../x");
+        let c = RecordKey::round(3, "write-3");
+        assert!(matches!(
+            s.put_many(&[(&c, b"c".as_slice()), (&bad, b"x".as_slice())]),
+            Err(StoreError::BadName(_))
+        ));
+        assert_eq!(s.get(&c)?, None);
+        Ok(())
+    }
 
     #[test]
     fn round_trip_corruption_and_names() -> Result<(), StoreError> {
