@@ -1,5 +1,8 @@
-//! Runs one hot path in a loop for a profiler: `perf record target/release/examples/profile_eval write|read|pir|acc`.
-use dpf::{Party, RandomSource, ReadKey, SeededRandom, WriteKey, pir_answer, write_accumulate};
+//! Runs one hot path in a loop for a profiler: `perf record target/release/examples/profile_eval write|read|pir|acc|audit`.
+use dpf::{
+    AuditChallenge, Party, RandomSource, ReadKey, SeededRandom, WriteKey, pir_answer,
+    write_accumulate, write_audit,
+};
 use std::hint::black_box;
 
 fn main() {
@@ -13,6 +16,26 @@ fn main() {
                 w.eval_range(Party::A, 0, 1 << 16, &mut out);
             }
             black_box(out);
+        }
+        "audit" => {
+            let keys: Vec<WriteKey> = (0..8)
+                .map(|i| {
+                    WriteKey::r#gen(16, 256, i, &[1; 256], &mut rng)
+                        .expect("gen")
+                        .0
+                })
+                .collect();
+            let writes: Vec<(&WriteKey, &[u8])> =
+                keys.iter().map(|k| (k, b"ctx".as_slice())).collect();
+            for _ in 0..20 {
+                black_box(write_audit(
+                    1 << 16,
+                    256,
+                    &writes,
+                    Party::A,
+                    &AuditChallenge([3; 16]),
+                ));
+            }
         }
         "acc" => {
             let keys: Vec<WriteKey> = (0..8)

@@ -380,6 +380,10 @@ fn xor_blocks_into(out: &mut [u8], blocks: &[u128]) {
     }
 }
 
+/// Leaves per pass of [`write_audit`] (no array: only the tree, proofs and MACs, 48 bytes
+/// per leaf of scratch).
+const AUDIT_CHUNK_LEAVES: u64 = 2048;
+
 /// Leaves per pass of the write kernels: the array chunk they cover stays in L2 while every
 /// key is applied to it.
 fn chunk_leaves(slot_len: usize) -> u64 {
@@ -411,7 +415,12 @@ fn run(
             "write key slot length differs from the array's"
         );
     }
-    let step = chunk_leaves(slot_len);
+    // Audit only: no array chunk to keep in cache, so longer runs of leaves per key.
+    let step = if array.is_some() {
+        chunk_leaves(slot_len)
+    } else {
+        AUDIT_CHUNK_LEAVES
+    };
     let mut w = Worker::default();
     let mut tweaks = vec![0u128; if mac.is_some() { step as usize } else { 0 }];
     let mut lo = 0u64;
