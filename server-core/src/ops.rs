@@ -2,7 +2,7 @@
 //! `check-config`, and running from a config file with signal handling.
 
 use crate::config::{Config, ConfigError, Registration, create_signing_key, load_signing_key};
-use crate::server::{ServerError, now_ms, run};
+use crate::server::{ServerError, now_ms, run_with_force};
 use protocol::{Params, Role};
 use std::path::{Path, PathBuf};
 use transport::{Identity, Pin, generate_identity};
@@ -158,28 +158,70 @@ pub async fn run_from_config(path: &Path) -> Result<(), ServerError> {
         cert_pin = %checked.cert_pin,
         "starting"
     );
-    run(cfg, client, peer, admin, shutdown_signal()).await
+    let (graceful, force) = stop_signals();
+    run_with_force(
+        cfg,
+        client,
+        peer,
+        admin,
+        graceful,
+        force,
+        Default::default(),
+    )
+    .await
 }
 
-/// Completes on SIGINT (Ctrl-C) or, on Unix, SIGTERM.
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
+/// The first SIGINT (Ctrl-C) or SIGTERM completes the first future (a graceful stop: the
+/// rounds in progress are finished with the peer); a second one completes the second (stop
+/// at once, as a crash would; the restart finishes or abandons those rounds with the peer).
+pub fn stop_signals() -> (
+    impl Future<Output = ()> + Send + 'static,
+    impl Future<Output = ()> + Send + 'static,
+) {
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
+    let (second_tx, second_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        #[cfg(unix)]
         let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        #[cfg(not(unix))]
+        let mut term: Option<()> = None;
+        for (i, tx) in [first_tx, second_tx].into_iter().enumerate() {
+            one_signal(&mut term).await;
+            if i == 0 {
+                tracing::info!(
+                    "stop requested: finishing the rounds in progress with the peer; signal \
+                     again to stop at once"
+                );
+            }
+            let _ = tx.send(());
+        }
+    });
+    // A sender dropped without sending (no signal handling) never completes the future.
+    let wait = |rx: tokio::sync::oneshot::Receiver<()>| async move {
+        if rx.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    (wait(first_rx), wait(second_rx))
+}
+
+#[cfg(unix)]
+async fn one_signal(term: &mut Option<tokio::signal::unix::Signal>) {
+    match term {
+        Some(t) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = t.recv() => {}
+            }
+        }
+        None => {
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+}
+
+#[cfg(not(unix))]
+async fn one_signal(_: &mut Option<()>) {
+    let _ = tokio::signal::ctrl_c().await;
 }

@@ -292,6 +292,31 @@ pub async fn run_with_metrics(
     shutdown: impl Future<Output = ()>,
     metrics: Arc<Metrics>,
 ) -> Result<(), ServerError> {
+    run_with_force(
+        config,
+        client_listener,
+        peer_listener,
+        admin_listener,
+        shutdown,
+        std::future::pending(),
+        metrics,
+    )
+    .await
+}
+
+/// [`run_with_metrics`] with a second stop request: when `force` completes during the
+/// graceful stop, the server stops at once instead of waiting for the rounds in progress to
+/// finish with the peer (as after a crash, the restart finishes or abandons them together
+/// with the peer). The binaries map a second SIGTERM or Ctrl-C to it.
+pub async fn run_with_force(
+    config: Config,
+    client_listener: TcpListener,
+    peer_listener: TcpListener,
+    admin_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+    force: impl Future<Output = ()>,
+    metrics: Arc<Metrics>,
+) -> Result<(), ServerError> {
     config.validate()?;
     let identity = Identity::load_pem(&config.tls_cert, &config.tls_key)?;
     let signing_key = load_signing_key(&config.signing_key)?;
@@ -498,7 +523,15 @@ pub async fn run_with_metrics(
     }
     tracing::info!(role = %role, "server running");
     shutdown.await;
-    drain(&shared).await;
+    tokio::select! {
+        _ = drain(&shared) => {}
+        _ = force => {
+            tracing::warn!(
+                "second stop request: stopping without finishing the rounds in progress; a \
+                 restart finishes or abandons them together with the peer"
+            );
+        }
+    }
     shared.listening.store(false, Ordering::Relaxed);
     let _ = stop_tx.send(true);
     let drain_tasks = async { while tasks.join_next().await.is_some() {} };

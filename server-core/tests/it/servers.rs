@@ -4,7 +4,7 @@ use crate::common::*;
 use protocol::*;
 use server_core::config::{Config, Registration, create_signing_key};
 use server_core::metrics::Metrics;
-use server_core::server::{now_ms, run_with_metrics};
+use server_core::server::{now_ms, run_with_force};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +36,8 @@ struct Server {
     config: Config,
     metrics: Arc<Metrics>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// A second stop request: skip the graceful drain.
+    force: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -78,13 +80,19 @@ async fn spawn(
         .pin();
     let metrics = Arc::new(Metrics::default());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (force_tx, force_rx) = tokio::sync::oneshot::channel::<()>();
     let cfg = config.clone();
     let m = metrics.clone();
     let task = tokio::spawn(async move {
         let shutdown = async {
             let _ = rx.await;
         };
-        run_with_metrics(cfg, client, peer, Some(admin), shutdown, m)
+        let force = async {
+            if force_rx.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        run_with_force(cfg, client, peer, Some(admin), shutdown, force, m)
             .await
             .expect("server runs");
     });
@@ -95,6 +103,7 @@ async fn spawn(
         config,
         metrics,
         stop: Some(tx),
+        force: Some(force_tx),
         task: Some(task),
     }
 }
@@ -999,6 +1008,48 @@ async fn slow_clients_do_not_delay_the_round_close() {
             .phase_histogram(server_core::machine::RoundPhase::CutoffToPublished)
             .last_ms(),
         test_start.elapsed()
+    );
+    pair.a.shutdown().await;
+    pair.b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_stop_request_skips_the_drain_and_the_restart_is_consistent() {
+    let mut pair = start_pair(Registration::Open).await;
+    let p = pair.p;
+    let alice = TestClient::new(71);
+    register_both(&pair, &alice).await;
+    let r = next_round(&p);
+    sleep_until(p.at_offset_ms(r, p.send_offset_ms)).await;
+    let w = alice.write(&p, r, [71; 16], 5, &payload(&p, 0x71), 1);
+    write(&pair, &w, true, true).await;
+    // B is gone: A's graceful stop would wait for it (at least a round length) or for round
+    // r's deadline. A second request stops A at once.
+    pair.b.kill().await;
+    let killed_at = now_ms();
+    let _ = pair.a.stop.take().expect("running").send(());
+    pair.a.wait_readyz(503, Duration::from_secs(1)).await;
+    let _ = pair.a.force.take().expect("running").send(());
+    let task = pair.a.task.take().expect("running");
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("stops")
+        .expect("no panic");
+    let stopped_at = now_ms();
+    assert!(
+        stopped_at < killed_at + p.round_ms,
+        "A stopped {} ms after B was killed: before the drain could have given up on B",
+        stopped_at - killed_at
+    );
+    // Both come back and agree on round r.
+    pair.a.restart().await;
+    pair.b.restart().await;
+    sleep_until(p.at_offset_ms(r, p.publish_deadline_ms) + 200).await;
+    let (sa, sb) = (pair.a.status(r).await, pair.b.status(r).await);
+    assert_eq!(sa, sb, "both servers report the same outcome for round {r}");
+    assert!(
+        !matches!(sa, RoundStatus::Pending),
+        "round {r} is final: {sa:?}"
     );
     pair.a.shutdown().await;
     pair.b.shutdown().await;
