@@ -668,7 +668,14 @@ impl Machine {
     }
 
     /// `Read`: validates and returns the job the shell answers (in a batch).
-    pub fn handle_read(&mut self, now: u64, req: &ReadRequest) -> Result<ReadJob, ApiError> {
+    /// Validates a read. A first read of the account in the round comes with a `Persist` of
+    /// its digest, which the shell carries out before answering (so a restart still refuses a
+    /// different second read); an identical retry comes with none.
+    pub fn handle_read(
+        &mut self,
+        now: u64,
+        req: &ReadRequest,
+    ) -> Result<(ReadJob, Vec<Action>), ApiError> {
         self.check_fingerprint(&req.fingerprint)?;
         let p = self.cfg.params;
         let cur = self.current_round(now)?;
@@ -728,12 +735,21 @@ impl Machine {
         if let Some(st) = self.rounds.get_mut(&req.array_round) {
             st.reads_answered = true;
         }
-        self.round_mut(cur).readers.insert(req.account, digest);
-        Ok(ReadJob {
-            array_round: req.array_round,
-            array,
-            keys,
-        })
+        let actions = match self.round_mut(cur).readers.insert(req.account, digest) {
+            Some(_) => Vec::new(),
+            None => vec![Action::Persist {
+                key: RecordKey::round(cur, format!("read-{}", hex::encode(req.account))),
+                bytes: digest.to_vec(),
+            }],
+        };
+        Ok((
+            ReadJob {
+                array_round: req.array_round,
+                array,
+                keys,
+            },
+            actions,
+        ))
     }
 
     fn zero_array(&mut self) -> Arc<Vec<u8>> {
@@ -1326,6 +1342,12 @@ impl Machine {
         if name.starts_with("commit-") {
             let r: Receipt = codec::decode(bytes).ok()?;
             st.commits.insert(r.request_id, r);
+            return Some(());
+        }
+        if let Some(account) = name.strip_prefix("read-") {
+            let account: AccountId = hex::decode(account).ok()?.try_into().ok()?;
+            let digest: Hash = bytes.try_into().ok()?;
+            st.readers.insert(account, digest);
             return Some(());
         }
         match name {

@@ -1068,7 +1068,9 @@ async fn client_request(
         }
         "read" => {
             let r: protocol::ReadRequest = decode(body)?;
-            let job = shared.machine().handle_read(now, &r)?;
+            let (job, actions) = shared.machine().handle_read(now, &r)?;
+            // The account's read of this round is on disk before it is answered.
+            execute(shared.clone(), actions).await.map_err(internal)?;
             let array_round = job.array_round;
             let (tx, rx) = oneshot::channel();
             shared

@@ -263,8 +263,10 @@ impl Net {
     ) -> Vec<Vec<u8>> {
         let p = params();
         let (qa, qb) = c.read(&p, round, slots, seed);
-        let ja = self.a.m.handle_read(now, &qa).expect("read A");
-        let jb = self.b.m.handle_read(now, &qb).expect("read B");
+        let (ja, acts) = self.a.m.handle_read(now, &qa).expect("read A");
+        self.a.apply(now, acts);
+        let (jb, acts) = self.b.m.handle_read(now, &qb).expect("read B");
+        self.b.apply(now, acts);
         let aa =
             answer_reads(&ja.array, p.slot_len as usize, &ja.keys, Role::A, 2).expect("answer");
         let ab =
@@ -358,15 +360,21 @@ fn reads_are_refused_until_final_and_must_name_the_lagged_round() {
     assert_eq!(e.code, ErrorCode::WrongRound);
     net.run(at(1, 50), at(2, 0));
     let (qa, _) = c.read(&p, 2, &[1], 1);
-    net.a
+    let (_, acts) = net
+        .a
         .m
         .handle_read(at(2, 10), &qa)
         .expect("array 0 is final (empty round published)");
-    // An identical retry is answered again; a different second read is refused.
-    net.a
+    assert_eq!(acts.len(), 1, "the first read is persisted");
+    net.a.apply(at(2, 10), acts);
+    // An identical retry is answered again; a different second read is refused, also after
+    // a restart.
+    let (_, acts) = net
+        .a
         .m
         .handle_read(at(2, 15), &qa)
         .expect("identical retry");
+    assert!(acts.is_empty(), "a retry persists nothing");
     let (qa2, _) = c.read(&p, 2, &[2], 2);
     let e = net
         .a
@@ -374,6 +382,17 @@ fn reads_are_refused_until_final_and_must_name_the_lagged_round() {
         .handle_read(at(2, 20), &qa2)
         .expect_err("second read in the round");
     assert_eq!(e.code, ErrorCode::Duplicate);
+    net.a.restart(at(2, 25), 11);
+    let e = net
+        .a
+        .m
+        .handle_read(at(2, 30), &qa2)
+        .expect_err("second read in the round, after a restart");
+    assert_eq!(e.code, ErrorCode::Duplicate);
+    net.a
+        .m
+        .handle_read(at(2, 35), &qa)
+        .expect("the first read's identical retry, after a restart");
 }
 
 #[test]
