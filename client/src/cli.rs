@@ -223,9 +223,14 @@ pub async fn execute(cli: Cli, out: &mut impl Write) -> Result<(), Error> {
                 say!(out, "no contacts (add one with `client add NAME CODE`)");
             } else {
                 for c in list {
+                    let keys = match c.epoch_since_round {
+                        Some(r) => format!("forward-secret epoch {} since round {r}", c.epoch),
+                        None => "bootstrap keys (not forward secret until the first exchange)"
+                            .to_string(),
+                    };
                     say!(
                         out,
-                        "{}  {}  safety {}",
+                        "{}  {}  safety {}  {keys}",
                         c.name,
                         c.contact_code,
                         c.safety_number

@@ -63,6 +63,11 @@ pub struct ContactView {
     pub safety_number: String,
     /// Fragments queued to it and not yet acknowledged.
     pub unacked_fragments: u32,
+    /// DH steps the pair has completed: 0 means it still uses the keys derived from the two
+    /// static keys (not forward secret yet; the first exchange of frames moves it to 1).
+    pub epoch: u32,
+    /// The round in which this side entered the current epoch (`None` in epoch 0).
+    pub epoch_since_round: Option<u64>,
 }
 
 /// A message just queued.
@@ -299,13 +304,20 @@ impl Client {
         self.identity.contact_code()
     }
 
-    fn contact_view(&self, c: &crate::store::Contact) -> ContactView {
+    fn contact_view(
+        &self,
+        c: &crate::store::Contact,
+        ratchet: Option<&crate::ratchet::Ratchet>,
+    ) -> ContactView {
+        let epoch = ratchet.map_or(0, |r| r.epoch);
         ContactView {
             name: c.name.clone(),
             index: c.index,
             contact_code: encode_code(&c.public_key),
             safety_number: safety_number(&self.identity.public_key(), &c.public_key),
             unacked_fragments: c.send.unacked(),
+            epoch,
+            epoch_since_round: ratchet.filter(|_| epoch > 0).map(|r| r.established),
         }
     }
 
@@ -332,13 +344,24 @@ impl Client {
             engine::start_pair(tx, &contact, rng)?;
             Ok(contact)
         })?;
-        Ok(self.contact_view(&contact))
+        Ok(self.contact_view(&contact, None))
     }
 
     /// All contacts.
     pub fn contacts(&mut self) -> Result<Vec<ContactView>, Error> {
-        let list = self.store.with_tx(|tx| tx.contacts())?;
-        Ok(list.iter().map(|c| self.contact_view(c)).collect())
+        let list = self.store.with_tx(|tx| {
+            tx.contacts()?
+                .into_iter()
+                .map(|c| {
+                    let r = tx.ratchet(c.id)?;
+                    Ok((c, r))
+                })
+                .collect::<Result<Vec<_>, Error>>()
+        })?;
+        Ok(list
+            .iter()
+            .map(|(c, r)| self.contact_view(c, r.as_ref()))
+            .collect())
     }
 
     /// Renames a contact.
@@ -1144,6 +1167,11 @@ mod tests {
         let (code_a, code_b) = (alice.contact_code(), bob.contact_code());
         let sa = alice.add_contact("bob", &code_b)?;
         let sb = bob.add_contact("alice", &code_a)?;
+        assert_eq!(
+            (sa.epoch, sa.epoch_since_round),
+            (0, None),
+            "bootstrap keys at first"
+        );
         assert_eq!(sa.safety_number, sb.safety_number);
         let long: String = (0..700)
             .map(|i| char::from(b'a' + (i % 26) as u8))
@@ -1200,6 +1228,10 @@ mod tests {
             assert_eq!(r.epoch, 1);
             assert!(r.secrets().len() == 1 && r.block.is_none(), "step complete");
             assert!(r.incoming.next.is_none() && r.outgoing.next.is_none());
+            // ... and `contacts` (the CLI's list) shows it.
+            let view = c.contacts()?;
+            assert_eq!(view[0].epoch, 1);
+            assert_eq!(view[0].epoch_since_round, Some(r.established));
         }
         Ok(())
     }
