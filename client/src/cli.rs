@@ -253,7 +253,11 @@ pub async fn execute(cli: Cli, out: &mut impl Write) -> Result<(), Error> {
             if json {
                 print_json(out, &serde_json::json!({ "removed": name }))?;
             } else {
-                say!(out, "removed {name}");
+                say!(out, "removed {name} and its session keys");
+                say!(
+                    out,
+                    "to talk to {name} again later, you must both remove and re-add each other"
+                );
             }
         }
         Command::Send { name, message } => {
