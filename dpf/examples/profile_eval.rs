@@ -5,6 +5,13 @@ use dpf::{
 };
 use std::hint::black_box;
 
+/// Eight party-A write halves over 2^16 slots of 256 bytes (a server's batch).
+fn server_write_keys(rng: &mut SeededRandom) -> Vec<WriteKey> {
+    (0..8)
+        .map(|i| WriteKey::r#gen(16, 256, i, &[1; 256], rng).expect("gen").0)
+        .collect()
+}
+
 fn main() {
     let what = std::env::args().nth(1).unwrap_or_else(|| "write".into());
     let mut rng = SeededRandom::new([1; 32]);
@@ -18,13 +25,7 @@ fn main() {
             black_box(out);
         }
         "audit" => {
-            let keys: Vec<WriteKey> = (0..8)
-                .map(|i| {
-                    WriteKey::r#gen(16, 256, i, &[1; 256], &mut rng)
-                        .expect("gen")
-                        .0
-                })
-                .collect();
+            let keys = server_write_keys(&mut rng);
             let writes: Vec<(&WriteKey, &[u8])> =
                 keys.iter().map(|k| (k, b"ctx".as_slice())).collect();
             for _ in 0..20 {
@@ -38,13 +39,7 @@ fn main() {
             }
         }
         "acc" => {
-            let keys: Vec<WriteKey> = (0..8)
-                .map(|i| {
-                    WriteKey::r#gen(16, 256, i, &[1; 256], &mut rng)
-                        .expect("gen")
-                        .0
-                })
-                .collect();
+            let keys = server_write_keys(&mut rng);
             let refs: Vec<&WriteKey> = keys.iter().collect();
             let mut arr = vec![0u8; 256 << 16];
             for _ in 0..5 {

@@ -26,6 +26,12 @@ mod x86 {
         })
     }
 
+    /// Whether the PIR kernels' AVX-512 path (VAES-class CPU with AVX-512BW) is there.
+    fn has_avx512bw() -> bool {
+        static V: OnceLock<bool> = OnceLock::new();
+        *V.get_or_init(|| has_vaes512() && std::is_x86_feature_detected!("avx512bw"))
+    }
+
     pub(crate) fn has_avx2() -> bool {
         static V: OnceLock<bool> = OnceLock::new();
         *V.get_or_init(|| std::is_x86_feature_detected!("avx2"))
@@ -411,7 +417,7 @@ mod x86 {
     }
 
     pub(crate) fn expand_bits(bits: &[u128], out: &mut [u8]) -> bool {
-        if has_vaes512() && std::is_x86_feature_detected!("avx512bw") {
+        if has_avx512bw() {
             // SAFETY: features detected.
             unsafe { expand_bits_512(bits, out) };
             true
@@ -435,7 +441,7 @@ mod x86 {
         masks: &[u8],
         mstride: usize,
     ) -> bool {
-        if has_vaes512() && std::is_x86_feature_detected!("avx512bw") {
+        if has_avx512bw() {
             // SAFETY: features detected.
             unsafe { rows_512(acc, rows, row_len, masks, mstride) };
             true

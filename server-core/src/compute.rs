@@ -59,6 +59,23 @@ pub fn worker_count() -> usize {
         .clamp(1, 16)
 }
 
+/// Splits `items` into at most `threads` runs, calls `f` on each run in a thread of its own
+/// and returns the results in run order.
+fn in_threads<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(&[T]) -> R + Sync,
+) -> Result<Vec<R>, ComputeError> {
+    let chunk = items.len().div_ceil(threads.max(1)).max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = items.chunks(chunk).map(|run| s.spawn(|| f(run))).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().map_err(|_| ComputeError::WorkerPanicked))
+            .collect()
+    })
+}
+
 /// Runs an audit job: each worker evaluates whole keys into its own partial array (sharding by
 /// key keeps every audit whole); partial arrays are XORed together.
 pub fn run_audit(job: &AuditJob, threads: usize) -> Result<AuditResult, ComputeError> {
@@ -70,43 +87,27 @@ pub fn run_audit(job: &AuditJob, threads: usize) -> Result<AuditResult, ComputeE
         .iter()
         .map(|(_, k, _)| dpf::WriteKey::decode(k, job.domain_bits, job.slot_len).ok())
         .collect();
-    let threads = threads.clamp(1, job.writes.len().max(1));
-    let chunk = job.writes.len().div_ceil(threads).max(1);
     let idx: Vec<usize> = (0..job.writes.len()).collect();
-    type Part = (Vec<u8>, Vec<(usize, [u8; 32])>);
-    let parts: Vec<Part> = std::thread::scope(|s| {
-        let handles: Vec<_> = idx
-            .chunks(chunk)
-            .map(|ids| {
-                let decoded = &decoded;
-                s.spawn(move || {
-                    let mut arr = vec![0u8; array_len];
-                    let mut pairs: Vec<(usize, &dpf::WriteKey, &[u8])> = Vec::new();
-                    let mut out = Vec::new();
-                    for &i in ids {
-                        match &decoded[i] {
-                            Some(k) => pairs.push((i, k, job.writes[i].2.as_slice())),
-                            None => out.push((i, random_value())),
-                        }
-                    }
-                    let writes: Vec<(&dpf::WriteKey, &[u8])> =
-                        pairs.iter().map(|(_, k, c)| (*k, *c)).collect();
-                    let vals = dpf::write_accumulate_audited(
-                        &mut arr,
-                        job.slot_len,
-                        &writes,
-                        party(job.role),
-                        &dpf::AuditChallenge(job.challenge),
-                    );
-                    out.extend(pairs.iter().map(|p| p.0).zip(vals));
-                    (arr, out)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().map_err(|_| ComputeError::WorkerPanicked))
-            .collect::<Result<Vec<_>, _>>()
+    let parts = in_threads(&idx, threads, |ids| {
+        let mut arr = vec![0u8; array_len];
+        let mut pairs: Vec<(usize, &dpf::WriteKey, &[u8])> = Vec::new();
+        let mut out = Vec::new();
+        for &i in ids {
+            match &decoded[i] {
+                Some(k) => pairs.push((i, k, job.writes[i].2.as_slice())),
+                None => out.push((i, random_value())),
+            }
+        }
+        let writes: Vec<(&dpf::WriteKey, &[u8])> = pairs.iter().map(|(_, k, c)| (*k, *c)).collect();
+        let vals = dpf::write_accumulate_audited(
+            &mut arr,
+            job.slot_len,
+            &writes,
+            party(job.role),
+            &dpf::AuditChallenge(job.challenge),
+        );
+        out.extend(pairs.iter().map(|p| p.0).zip(vals));
+        (arr, out)
     })?;
     let mut share = vec![0u8; array_len];
     let mut values = vec![[0u8; 32]; job.writes.len()];
@@ -152,13 +153,18 @@ pub fn run_audit_with_early(
     let is_early = |id: &RequestId| early.applied.contains_key(id);
     // Accepted but not applied early: evaluated now, with their audit values.
     let late = AuditJob {
+        round: job.round,
+        role: job.role,
+        n_slots: job.n_slots,
+        slot_len: job.slot_len,
+        domain_bits: job.domain_bits,
+        challenge: job.challenge,
         writes: job
             .writes
             .iter()
             .filter(|w| !is_early(&w.0))
             .cloned()
             .collect(),
-        ..job.clone()
     };
     let mut share = early.share;
     let mut values: HashMap<RequestId, [u8; 32]> = HashMap::new();
@@ -183,32 +189,19 @@ pub fn run_audit_with_early(
         .filter(|w| is_early(&w.0))
         .filter_map(|(id, k, ctx)| decode(k).map(|d| (*id, d, ctx.as_slice())))
         .collect();
-    let chunk = audited.len().div_ceil(threads.max(1)).max(1);
-    let parts = std::thread::scope(|s| {
-        let handles: Vec<_> = audited
-            .chunks(chunk)
-            .map(|part| {
-                s.spawn(move || {
-                    let writes: Vec<(&dpf::WriteKey, &[u8])> =
-                        part.iter().map(|(_, k, c)| (k, *c)).collect();
-                    let vals = dpf::write_audit(
-                        job.n_slots,
-                        job.slot_len,
-                        &writes,
-                        party(job.role),
-                        &dpf::AuditChallenge(job.challenge),
-                    );
-                    part.iter()
-                        .map(|(id, _, _)| *id)
-                        .zip(vals)
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().map_err(|_| ComputeError::WorkerPanicked))
-            .collect::<Result<Vec<_>, _>>()
+    let parts = in_threads(&audited, threads, |part| {
+        let writes: Vec<(&dpf::WriteKey, &[u8])> = part.iter().map(|(_, k, c)| (k, *c)).collect();
+        let vals = dpf::write_audit(
+            job.n_slots,
+            job.slot_len,
+            &writes,
+            party(job.role),
+            &dpf::AuditChallenge(job.challenge),
+        );
+        part.iter()
+            .map(|(id, _, _)| *id)
+            .zip(vals)
+            .collect::<Vec<_>>()
     })?;
     values.extend(parts.into_iter().flatten());
     Ok(AuditResult {
@@ -258,25 +251,9 @@ pub fn answer_reads(
     role: Role,
     threads: usize,
 ) -> Result<Vec<Vec<u8>>, ComputeError> {
-    if keys.is_empty() {
-        return Ok(Vec::new());
-    }
-    let threads = threads.clamp(1, keys.len());
-    let chunk = keys.len().div_ceil(threads);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = keys
-            .chunks(chunk)
-            .map(|ks| {
-                s.spawn(move || {
-                    let refs: Vec<&dpf::ReadKey> = ks.iter().collect();
-                    dpf::pir_answer(array, slot_len, &refs, party(role))
-                })
-            })
-            .collect();
-        let mut out = Vec::with_capacity(keys.len());
-        for h in handles {
-            out.extend(h.join().map_err(|_| ComputeError::WorkerPanicked)?);
-        }
-        Ok(out)
-    })
+    let parts = in_threads(keys, threads, |ks| {
+        let refs: Vec<&dpf::ReadKey> = ks.iter().collect();
+        dpf::pir_answer(array, slot_len, &refs, party(role))
+    })?;
+    Ok(parts.into_iter().flatten().collect())
 }

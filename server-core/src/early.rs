@@ -50,7 +50,8 @@ impl std::fmt::Debug for Early {
 /// The early-apply worker and the rounds' early shares.
 pub struct EarlyApply {
     state: Arc<(Mutex<State>, Condvar)>,
-    tx: Mutex<Option<mpsc::Sender<Job>>>,
+    /// `None` when the worker thread could not be started.
+    tx: Option<mpsc::Sender<Job>>,
 }
 
 impl std::fmt::Debug for EarlyApply {
@@ -108,14 +109,13 @@ impl EarlyApply {
         }
         EarlyApply {
             state,
-            tx: Mutex::new(spawned.ok().map(|_| tx)),
+            tx: spawned.ok().map(|_| tx),
         }
     }
 
     /// Hands an accepted write half of `round` to the worker.
     pub fn push(&self, round: u64, id: RequestId, key: Vec<u8>) {
-        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(tx) = tx.as_ref() else { return };
+        let Some(tx) = &self.tx else { return };
         {
             let mut s = lock(&self.state.0);
             if round < s.closed_below {

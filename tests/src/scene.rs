@@ -97,12 +97,24 @@ impl Scene {
     /// Server A and server B on loopback ports of their own, pinned to each other, started
     /// and ready.
     pub fn loopback_servers(&self) -> Result<(Server, Server)> {
-        let (mut a, mut b) = create_pair(
+        let (mut a, mut b) = self.loopback_pair()?;
+        self.start_servers(&mut a, &mut b)?;
+        Ok((a, b))
+    }
+
+    /// [`Scene::loopback_servers`], initialised and pinned but not started (to adjust their
+    /// configs first).
+    pub fn loopback_pair(&self) -> Result<(Server, Server)> {
+        create_pair(
             &self.bins,
             self.path(),
             [Listen::loopback()?, Listen::loopback()?],
             [None, None],
-        )?;
+        )
+    }
+
+    /// Starts both servers and waits until both are ready.
+    pub fn start_servers(&self, a: &mut Server, b: &mut Server) -> Result<()> {
         a.start()?;
         b.start()?;
         a.wait_ready(self.deadline)?;
@@ -111,7 +123,16 @@ impl Scene {
             "servers up: A client {} peer {}, B client {} peer {}",
             a.listen.client, a.listen.peer, b.listen.client, b.listen.peer
         ));
-        Ok((a, b))
+        Ok(())
+    }
+
+    /// Alice and Bob, initialised with both servers and contacts of each other.
+    pub fn alice_and_bob(&self, a: &Server, b: &Server) -> Result<(Client, Client)> {
+        let (ia, ib) = (a.info(), b.info());
+        let alice = self.init_client("alice", &ia, &ib)?;
+        let bob = self.init_client("bob", &ia, &ib)?;
+        befriend(&alice, &bob)?;
+        Ok((alice, bob))
     }
 
     /// A client handle (home under the scene dir), not initialised.

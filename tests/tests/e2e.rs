@@ -26,7 +26,7 @@ use e2e::expect::Expect;
 use e2e::netns::{self, Namespaces};
 use e2e::proxy::Proxy;
 use e2e::scene::{Scene, befriend, run_scene};
-use e2e::server::{Listen, Server, create_pair};
+use e2e::server::{Listen, Server, Timing, create_pair};
 use e2e::traffic::{View, compare, first_active_round, render, view};
 use e2e::util::{free_port, now_ms, sleep_until_ms, wait_for};
 
@@ -161,10 +161,7 @@ fn s2_servers_killed_and_restarted_lose_and_duplicate_nothing() -> Result<()> {
     run_scene("restarts", Duration::from_secs(220), |s| {
         let (mut a, mut b) = s.loopback_servers()?;
         let timing = a.timing()?;
-        let (ia, ib) = (a.info(), b.info());
-        let mut alice = s.init_client("alice", &ia, &ib)?;
-        let mut bob = s.init_client("bob", &ia, &ib)?;
-        befriend(&alice, &bob)?;
+        let (mut alice, mut bob) = s.alice_and_bob(&a, &b)?;
         let mut ex = Expect::default();
         ex.send(&alice, &bob, "alice #1: before any restart")?;
         ex.send(&alice, &bob, &long_text("alice #2", 450))?;
@@ -290,6 +287,30 @@ fn s2_servers_killed_and_restarted_lose_and_duplicate_nothing() -> Result<()> {
     })
 }
 
+/// Waits until both servers, sampled in the middle of a round, report the same last
+/// published round, at least `at_least`: they agree on which rounds are published.
+fn same_last_published(
+    s: &Scene,
+    timing: &Timing,
+    servers: [&Server; 2],
+    at_least: u64,
+) -> Result<()> {
+    wait_for(
+        s.deadline,
+        "both servers to report the same last published round",
+        Duration::from_millis(100),
+        || {
+            sleep_until_ms(timing.next_at_offset(timing.round_ms / 2, 0));
+            let last = |srv: &Server| -> Result<f64> {
+                Ok(srv.metrics()?.get("mpm_last_published_round", &[]))
+            };
+            let (la, lb) = (last(servers[0])?, last(servers[1])?);
+            s.say(format!("last published round: A {la}, B {lb}"));
+            Ok((la == lb && la >= at_least as f64).then_some(()))
+        },
+    )
+}
+
 /// A small deterministic generator (xorshift64*) for the kill schedule.
 struct Dice(u64);
 
@@ -310,10 +331,7 @@ fn s5_random_kills_of_either_server_lose_and_duplicate_nothing() -> Result<()> {
     run_scene("random-kills", Duration::from_secs(330), |s| {
         let (mut a, mut b) = s.loopback_servers()?;
         let timing = a.timing()?;
-        let (ia, ib) = (a.info(), b.info());
-        let mut alice = s.init_client("alice", &ia, &ib)?;
-        let mut bob = s.init_client("bob", &ia, &ib)?;
-        befriend(&alice, &bob)?;
+        let (mut alice, mut bob) = s.alice_and_bob(&a, &b)?;
         let mut ex = Expect::default();
         ex.send(&alice, &bob, &long_text("alice #0", 300))?;
         alice.start()?;
@@ -354,22 +372,7 @@ fn s5_random_kills_of_either_server_lose_and_duplicate_nothing() -> Result<()> {
         ex.send(&alice, &bob, "alice #last: after every kill")?;
         ex.send(&bob, &alice, "bob #last: after every kill")?;
         ex.wait_delivered(&mut [&mut alice, &mut bob], s.deadline)?;
-        // Both servers agree on which rounds are published: sampled in the middle of a round,
-        // both have published the same last round.
-        wait_for(
-            s.deadline,
-            "both servers to report the same last published round",
-            Duration::from_millis(100),
-            || {
-                sleep_until_ms(timing.next_at_offset(timing.round_ms / 2, 0));
-                let last = |srv: &Server| -> Result<f64> {
-                    Ok(srv.metrics()?.get("mpm_last_published_round", &[]))
-                };
-                let (la, lb) = (last(&a)?, last(&b)?);
-                s.say(format!("last published round: A {la}, B {lb}"));
-                Ok((la == lb && la > 0.0).then_some(()))
-            },
-        )?;
+        same_last_published(s, &timing, [&a, &b], 1)?;
         Ok(())
     })
 }
@@ -378,35 +381,21 @@ fn s5_random_kills_of_either_server_lose_and_duplicate_nothing() -> Result<()> {
 #[test]
 fn s6_a_partition_between_the_servers_applies_nothing_one_sided_and_heals() -> Result<()> {
     run_scene("partition", Duration::from_secs(240), |s| {
-        let (mut a, mut b) = create_pair(
-            &s.bins,
-            s.path(),
-            [Listen::loopback()?, Listen::loopback()?],
-            [None, None],
-        )?;
+        let (mut a, mut b) = s.loopback_pair()?;
         // Each server dials its peer through a proxy: cutting both proxies is the partition.
         let via_a: SocketAddr = e2e::util::free_loopback_addr()?.parse()?;
         let via_b: SocketAddr = e2e::util::free_loopback_addr()?.parse()?;
         let (peer_a, peer_b): (SocketAddr, SocketAddr) =
             (a.listen.peer.parse()?, b.listen.peer.parse()?);
-        let link = || -> Result<Option<[Proxy; 2]>> {
-            Ok(Some([
-                Proxy::start(via_b, peer_b)?,
-                Proxy::start(via_a, peer_a)?,
-            ]))
+        let link = || -> Result<[Proxy; 2]> {
+            Ok([Proxy::start(via_b, peer_b)?, Proxy::start(via_a, peer_a)?])
         };
         a.set_peer_via(&b, &via_b.to_string())?;
         b.set_peer_via(&a, &via_a.to_string())?;
-        let mut proxies = link()?;
-        a.start()?;
-        b.start()?;
-        a.wait_ready(s.deadline)?;
-        b.wait_ready(s.deadline)?;
+        let mut proxies = Some(link()?);
+        s.start_servers(&mut a, &mut b)?;
         let timing = a.timing()?;
-        let (ia, ib) = (a.info(), b.info());
-        let mut alice = s.init_client("alice", &ia, &ib)?;
-        let mut bob = s.init_client("bob", &ia, &ib)?;
-        befriend(&alice, &bob)?;
+        let (mut alice, mut bob) = s.alice_and_bob(&a, &b)?;
         let mut ex = Expect::default();
         ex.send(&alice, &bob, "alice #1: before the partition")?;
         ex.send(&bob, &alice, "bob #1: before the partition")?;
@@ -436,7 +425,7 @@ fn s6_a_partition_between_the_servers_applies_nothing_one_sided_and_heals() -> R
         ex.send(&alice, &bob, "alice #2: sent during the partition")?;
         ex.send(&bob, &alice, "bob #2: sent during the partition")?;
         sleep_until_ms(timing.start(first_cut + 4));
-        proxies = link()?;
+        proxies = Some(link()?);
         let healed = timing.round_at(now_ms());
         s.say(format!("A-B link restored in round {healed}"));
         // The rounds the link was down for are abandoned by both: nothing published on one
@@ -467,19 +456,7 @@ fn s6_a_partition_between_the_servers_applies_nothing_one_sided_and_heals() -> R
         }
         ex.send(&alice, &bob, "alice #3: after the link healed")?;
         ex.wait_delivered(&mut [&mut alice, &mut bob], s.deadline)?;
-        wait_for(
-            s.deadline,
-            "both servers to report the same last published round",
-            Duration::from_millis(100),
-            || {
-                sleep_until_ms(timing.next_at_offset(timing.round_ms / 2, 0));
-                let last = |srv: &Server| -> Result<f64> {
-                    Ok(srv.metrics()?.get("mpm_last_published_round", &[]))
-                };
-                let (la, lb) = (last(&a)?, last(&b)?);
-                Ok((la == lb && la >= healed as f64).then_some(()))
-            },
-        )?;
+        same_last_published(s, &timing, [&a, &b], healed)?;
         drop(proxies);
         Ok(())
     })

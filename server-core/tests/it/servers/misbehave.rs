@@ -85,6 +85,17 @@ async fn run(kind: impl Fn(&TestClient) -> Kind, from: u64, to: u64, expect: Exp
     }
 }
 
+impl Outcome {
+    /// What `reader` reads of Alice's and Bob's slots in round r's array (in round
+    /// r + read_lag).
+    async fn read_round_r(&self, reader: &TestClient, seed: u8) -> Vec<Vec<u8>> {
+        let p = self.pair.p;
+        let at = self.r + u64::from(p.read_lag);
+        sleep_until(p.at_offset_ms(at, p.send_offset_ms)).await;
+        read(&self.pair, reader, at, &[17, 99], seed).await
+    }
+}
+
 /// After the misbehaviour stopped, Alice and Bob write their messages again in the next
 /// round (as their clients retransmit), and both arrive.
 async fn delivered_after_it_stops(o: &mut Outcome) {
@@ -165,10 +176,7 @@ async fn a_tweaked_share_makes_the_array_hashes_differ() {
     )
     .await;
     // Nobody reads the tweaked array: reads of round r are answered from zeros.
-    let p = o.pair.p;
-    let at = o.r + u64::from(p.read_lag);
-    sleep_until(p.at_offset_ms(at, p.send_offset_ms)).await;
-    let got = read(&o.pair, &o.alice, at, &[17, 99], 6).await;
+    let got = o.read_round_r(&o.alice, 6).await;
     assert!(got.iter().all(|a| a.iter().all(|b| *b == 0)));
     delivered_after_it_stops(&mut o).await;
 }
@@ -188,10 +196,7 @@ async fn a_failed_audit_drops_the_write_on_both_servers_only() {
     let pubd = published(&o.pair, o.r).await;
     assert_eq!(pubd.accepted, vec![[0x62; 16]]);
     assert!(o.pair.a.metrics.alarms.load(Ordering::Relaxed) >= 1);
-    let p = o.pair.p;
-    let at = o.r + u64::from(p.read_lag);
-    sleep_until(p.at_offset_ms(at, p.send_offset_ms)).await;
-    let got = read(&o.pair, &o.bob, at, &[17, 99], 7).await;
+    let got = o.read_round_r(&o.bob, 7).await;
     assert!(
         got[0].iter().all(|b| *b == 0),
         "Alice's write was applied by neither"
@@ -212,11 +217,8 @@ async fn corrupted_read_answers_hit_only_their_victim_and_only_while_they_last()
         Expect::Published,
     )
     .await;
-    let p = o.pair.p;
-    let at = o.r + u64::from(p.read_lag);
-    sleep_until(p.at_offset_ms(at, p.send_offset_ms)).await;
-    let alice_sees = read(&o.pair, &o.alice, at, &[17, 99], 8).await;
-    let bob_sees = read(&o.pair, &o.bob, at, &[17, 99], 9).await;
+    let alice_sees = o.read_round_r(&o.alice, 8).await;
+    let bob_sees = o.read_round_r(&o.bob, 9).await;
     assert_ne!(alice_sees[0], o.wa.payload, "Alice's answers are corrupted");
     assert_eq!(bob_sees, vec![o.wa.payload.clone(), o.wb.payload.clone()]);
     delivered_after_it_stops(&mut o).await;
