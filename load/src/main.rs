@@ -113,6 +113,7 @@ fn main() -> Result<()> {
         .build()?;
     match cli.command {
         Cmd::Serve { config } => rt.block_on(async {
+            server_core::cli::init_logging(false);
             ops::run_from_config(&config)
                 .await
                 .map_err(anyhow::Error::from)
@@ -240,7 +241,12 @@ async fn start_servers(dir: &Path, p: &Params) -> Result<(Server, Server)> {
             .arg("serve")
             .arg("--config")
             .arg(&out.config_path)
-            .env("RUST_LOG", "warn")
+            // `MPM_LOAD_SERVER_LOG` sets the servers' log filter (e.g. `warn,server_core=debug`
+            // for the time of every round-close phase in `server-<i>.log`).
+            .env(
+                "RUST_LOG",
+                std::env::var("MPM_LOAD_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(log)

@@ -109,16 +109,7 @@ pub fn main(role: Role) -> anyhow::Result<()> {
         );
         Ok(c)
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    if cli.log_json {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .json()
-            .init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
+    init_logging(cli.log_json);
     match cli.command {
         Command::Init {
             data_dir,
@@ -185,4 +176,19 @@ pub fn main(role: Role) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Logs with `tracing` to stderr, filtered by `RUST_LOG` (`info` when unset), as JSON lines
+/// if `json`.
+pub fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        fmt.json().init();
+    } else {
+        fmt.init();
+    }
 }
