@@ -11,7 +11,7 @@ use client::{ClientConfig, ServerConfig};
 use dpf::{ReadKey, SeededRandom, WriteKey};
 use mpm_fuzz::{RECORD_NAMES, small_params};
 use protocol::*;
-use server_core::store::record_header;
+use server_core::store::{encode_batch, record_header};
 use server_core::{Config, Registration};
 
 fn hex(bytes: &[u8]) -> String {
@@ -236,6 +236,7 @@ fn main() {
             half_hash: [4; 32],
         }],
         committed: vec![[3; 16]],
+        early_challenge: true,
     };
     let audit = AuditMessage {
         round: 4,
@@ -438,6 +439,13 @@ fn main() {
         v.extend_from_slice(&payload);
         out.put(t, name, &v);
     }
+    // A batch file's entries (the target also decodes its input as those).
+    let rc = codec::encode(&receipt(Role::A));
+    out.put(
+        t,
+        "batch",
+        &encode_batch([("write-1", rc.as_slice()), ("commit-1", &[][..])]),
+    );
     let t = "server_restore";
     let payloads: [Vec<u8>; 14] = [
         codec::encode(&reg),

@@ -524,6 +524,11 @@ pub struct SetsMessage {
     pub received: Vec<ReceivedWrite>,
     /// Ids for which the sender holds the receiver's receipt, sorted.
     pub committed: Vec<RequestId>,
+    /// The sender held both servers' nonces of round `round - 1` when it froze this round:
+    /// if both senders say so, the round is audited under the challenge drawn from those
+    /// nonces, which the servers knew (and clients did not) before the round's writes came
+    /// in, so each write can be audited as it arrives (docs/protocol.md §3.2).
+    pub early_challenge: bool,
 }
 
 /// One audit value.

@@ -92,8 +92,9 @@ prop_compose! {
             0..6,
         ),
         committed in prop::collection::vec(any::<[u8; 16]>(), 0..6),
+        early_challenge in any::<bool>(),
     ) -> SetsMessage {
-        SetsMessage { round, from, nonce, received, committed }
+        SetsMessage { round, from, nonce, received, committed, early_challenge }
     }
 }
 

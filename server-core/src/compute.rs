@@ -182,11 +182,21 @@ pub fn run_audit_with_early(
         .filter_map(|(_, k)| decode(k))
         .collect();
     remove_writes(&mut share, job.slot_len, &stale, job.role);
-    // Applied early and accepted: audited only, keys split over the workers.
+    // Applied and audited early under this round's challenge: nothing left to do.
+    let audited_early =
+        |id: &RequestId| early.challenge == Some(job.challenge) && early.values.contains_key(id);
+    if early.challenge == Some(job.challenge) {
+        values.extend(
+            job.writes
+                .iter()
+                .filter_map(|(id, _, _)| early.values.get(id).map(|v| (*id, *v))),
+        );
+    }
+    // Applied early (not audited) and accepted: audited only, keys split over the workers.
     let audited: Vec<(RequestId, dpf::WriteKey, &[u8])> = job
         .writes
         .iter()
-        .filter(|w| is_early(&w.0))
+        .filter(|w| is_early(&w.0) && !audited_early(&w.0))
         .filter_map(|(id, k, ctx)| decode(k).map(|d| (*id, d, ctx.as_slice())))
         .collect();
     let parts = in_threads(&audited, threads, |part| {

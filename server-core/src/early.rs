@@ -7,6 +7,11 @@
 //! evaluates the accepted ones that were not applied early (e.g. after a restart: the early
 //! share lives in memory only), and removes the applied ones that were not accepted (XOR is
 //! its own inverse). The result is exactly the share [`crate::compute::run_audit`] computes.
+//!
+//! When the round's early challenge is known ([`EarlyApply::set_challenge`], drawn from the
+//! previous round's nonces), the worker audits each write in the same pass
+//! ([`dpf::write_accumulate_audited`]) and keeps its audit value, so if both servers audit the
+//! round under that challenge the audit needs no evaluation at all at the close.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc;
@@ -23,6 +28,10 @@ pub struct Early {
     pub share: Vec<u8>,
     /// The applied writes' encoded key halves, by request id.
     pub applied: HashMap<RequestId, Vec<u8>>,
+    /// Audit values of applied writes under the challenge below, by request id.
+    pub values: HashMap<RequestId, [u8; 32]>,
+    /// The challenge `values` were computed under.
+    pub challenge: Option<[u8; 16]>,
 }
 
 #[derive(Default)]
@@ -30,6 +39,8 @@ struct Round {
     early: Early,
     /// Handed to the worker and not yet applied.
     queued: usize,
+    /// The round's early challenge, once known.
+    challenge: Option<[u8; 16]>,
 }
 
 struct State {
@@ -43,6 +54,7 @@ impl std::fmt::Debug for Early {
         f.debug_struct("Early")
             .field("share_bytes", &self.share.len())
             .field("applied", &self.applied.len())
+            .field("audited", &self.values.len())
             .finish()
     }
 }
@@ -64,8 +76,8 @@ impl std::fmt::Debug for EarlyApply {
     }
 }
 
-/// A write half handed to the worker: (round, request id, encoded key).
-type Job = (u64, RequestId, Vec<u8>);
+/// A write half handed to the worker: (round, request id, encoded key, write ctx).
+type Job = (u64, RequestId, Vec<u8>, Vec<u8>);
 
 /// Writes applied in one pass over the array.
 const BATCH: usize = 32;
@@ -113,8 +125,17 @@ impl EarlyApply {
         }
     }
 
-    /// Hands an accepted write half of `round` to the worker.
-    pub fn push(&self, round: u64, id: RequestId, key: Vec<u8>) {
+    /// Sets the early challenge of `round`: writes of the round applied from now on are
+    /// audited in the same pass.
+    pub fn set_challenge(&self, round: u64, challenge: [u8; 16]) {
+        let mut s = lock(&self.state.0);
+        if round >= s.closed_below {
+            s.rounds.entry(round).or_default().challenge = Some(challenge);
+        }
+    }
+
+    /// Hands an accepted write half of `round` (with its write ctx) to the worker.
+    pub fn push(&self, round: u64, id: RequestId, key: Vec<u8>, ctx: Vec<u8>) {
         let Some(tx) = &self.tx else { return };
         {
             let mut s = lock(&self.state.0);
@@ -123,7 +144,7 @@ impl EarlyApply {
             }
             s.rounds.entry(round).or_default().queued += 1;
         }
-        if tx.send((round, id, key)).is_err() {
+        if tx.send((round, id, key, ctx)).is_err() {
             let mut s = lock(&self.state.0);
             if let Some(r) = s.rounds.get_mut(&round) {
                 r.queued -= 1;
@@ -166,28 +187,49 @@ fn apply(
     let round = group[0].0;
     let (m, cv) = state;
     // The share is taken out while it is computed on (a `take` waits for `queued`).
-    let mut early = {
+    let (mut early, challenge) = {
         let mut s = lock(m);
-        std::mem::take(&mut s.rounds.entry(round).or_default().early)
+        let r = s.rounds.entry(round).or_default();
+        (std::mem::take(&mut r.early), r.challenge)
     };
     if early.share.is_empty() {
         early.share = vec![0u8; slots * slot_len];
     }
     // A write is applied once, even if it was handed over twice.
     let mut seen = std::collections::HashSet::new();
-    let decoded: Vec<(RequestId, dpf::WriteKey, &Vec<u8>)> = group
+    let decoded: Vec<(RequestId, dpf::WriteKey, &Vec<u8>, &[u8])> = group
         .iter()
-        .filter(|(_, id, _)| !early.applied.contains_key(id) && seen.insert(*id))
-        .filter_map(|(_, id, k)| {
+        .filter(|(_, id, _, _)| !early.applied.contains_key(id) && seen.insert(*id))
+        .filter_map(|(_, id, k, ctx)| {
             // Keys were validated when accepted; one that does not decode is left to the audit.
             dpf::WriteKey::decode(k, domain_bits, slot_len)
                 .ok()
-                .map(|d| (*id, d, k))
+                .map(|d| (*id, d, k, ctx.as_slice()))
         })
         .collect();
-    let refs: Vec<&dpf::WriteKey> = decoded.iter().map(|(_, k, _)| k).collect();
-    dpf::write_accumulate(&mut early.share, slot_len, &refs, party(role));
-    for (id, _, k) in &decoded {
+    // Values computed under an earlier challenge (none is ever replaced) stay comparable.
+    match challenge.filter(|c| early.challenge.is_none_or(|e| e == *c)) {
+        Some(c) => {
+            let writes: Vec<(&dpf::WriteKey, &[u8])> =
+                decoded.iter().map(|(_, k, _, ctx)| (k, *ctx)).collect();
+            let values = dpf::write_accumulate_audited(
+                &mut early.share,
+                slot_len,
+                &writes,
+                party(role),
+                &dpf::AuditChallenge(c),
+            );
+            early.challenge = Some(c);
+            early
+                .values
+                .extend(decoded.iter().map(|(id, ..)| *id).zip(values));
+        }
+        None => {
+            let refs: Vec<&dpf::WriteKey> = decoded.iter().map(|(_, k, ..)| k).collect();
+            dpf::write_accumulate(&mut early.share, slot_len, &refs, party(role));
+        }
+    }
+    for (id, _, k, _) in &decoded {
         early.applied.insert(*id, (*k).clone());
     }
     let mut s = lock(m);
@@ -210,8 +252,9 @@ mod tests {
     use dpf::SeededRandom;
 
     /// Whatever was applied early (some accepted writes, one write that is then not accepted,
-    /// a duplicate hand-over, none at all), the audit ends with the share and the values of an
-    /// audit that evaluated everything at once.
+    /// a duplicate hand-over, none at all), with or without the round's challenge known in
+    /// advance (or a different one), the audit ends with the share and the values of an audit
+    /// that evaluated everything at once.
     #[test]
     fn early_application_gives_the_same_share_and_values() {
         let (n, l) = (9u32, 64usize);
@@ -235,32 +278,43 @@ mod tests {
             writes: writes[..6].to_vec(),
         };
         let want = run_audit(&job, 2).expect("audit");
-        for applied in [
-            vec![],
-            vec![0usize, 2, 5, 6],
-            vec![0, 1, 2, 3, 4, 5, 6],
-            vec![6],
-        ] {
-            let early = EarlyApply::start(Role::A, n, 1 << n, l);
-            for &i in &applied {
-                early.push(3, writes[i].0, writes[i].1.clone());
-            }
-            if let Some(&i) = applied.first() {
-                early.push(3, writes[i].0, writes[i].1.clone());
-            }
-            let got = run_audit_with_early(&job, early.take(3), 2).expect("audit");
-            assert!(
-                got.share == want.share,
-                "share differs, applied early: {applied:?}"
-            );
-            let ids = |r: &crate::compute::AuditResult| -> Vec<RequestId> {
-                r.values.iter().map(|v| v.request_id).collect()
-            };
-            assert_eq!(ids(&got), ids(&want));
-            for (g, w) in got.values.iter().zip(&want.values) {
-                // The malformed write's halves do not decode as one pair; an honest one's
-                // value is deterministic.
-                assert_eq!(g.value, w.value, "write {:?}", g.request_id[0]);
+        for challenge in [None, Some(job.challenge), Some([9; 16])] {
+            for applied in [
+                vec![],
+                vec![0usize, 2, 5, 6],
+                vec![0, 1, 2, 3, 4, 5, 6],
+                vec![6],
+            ] {
+                let early = EarlyApply::start(Role::A, n, 1 << n, l);
+                // The challenge may become known after the first write was applied.
+                if let Some(&i) = applied.first() {
+                    early.push(3, writes[i].0, writes[i].1.clone(), writes[i].2.clone());
+                }
+                if let Some(c) = challenge {
+                    early.set_challenge(3, c);
+                }
+                for &i in &applied {
+                    early.push(3, writes[i].0, writes[i].1.clone(), writes[i].2.clone());
+                }
+                let taken = early.take(3);
+                if challenge == Some(job.challenge) && applied.len() > 1 {
+                    let audited = taken.as_ref().map_or(0, |e| e.values.len());
+                    assert!(audited > 0, "some writes audited early: {applied:?}");
+                }
+                let got = run_audit_with_early(&job, taken, 2).expect("audit");
+                assert!(
+                    got.share == want.share,
+                    "share differs, applied early: {applied:?}, challenge {challenge:?}"
+                );
+                let ids = |r: &crate::compute::AuditResult| -> Vec<RequestId> {
+                    r.values.iter().map(|v| v.request_id).collect()
+                };
+                assert_eq!(ids(&got), ids(&want));
+                for (g, w) in got.values.iter().zip(&want.values) {
+                    // The malformed write's halves do not decode as one pair; an honest one's
+                    // value is deterministic.
+                    assert_eq!(g.value, w.value, "write {:?}", g.request_id[0]);
+                }
             }
         }
     }
@@ -270,10 +324,10 @@ mod tests {
         let early = EarlyApply::start(Role::B, 6, 64, 32);
         let mut rng = SeededRandom::new([5; 32]);
         let (a, _) = dpf::WriteKey::r#gen(6, 32, 3, &[1; 32], &mut rng).expect("gen");
-        early.push(1, [1; 16], a.encode());
-        early.push(2, [2; 16], a.encode());
+        early.push(1, [1; 16], a.encode(), vec![]);
+        early.push(2, [2; 16], a.encode(), vec![]);
         early.forget_below(2);
-        early.push(1, [3; 16], a.encode());
+        early.push(1, [3; 16], a.encode(), vec![]);
         assert!(early.take(1).is_none(), "round 1 is closed");
         let two = early.take(2).expect("round 2 kept");
         assert_eq!(two.applied.len(), 1);

@@ -75,6 +75,16 @@ pub enum Action {
         /// First round kept.
         below: u64,
     },
+    /// The audit challenge of `round` is known before its writes arrive (drawn from round
+    /// `round - 1`'s nonces, [`early_challenge`]): writes of that round may be audited as
+    /// they are applied early ([`crate::early`]). Whether the round is audited under it is
+    /// decided at SETS by both servers' `early_challenge` flags.
+    EarlyChallenge {
+        /// The round.
+        round: u64,
+        /// Its challenge, if both servers agree to use it.
+        challenge: [u8; 16],
+    },
     /// A step of the round close finished (for metrics; measured with the machine's inputs).
     PhaseDone {
         /// The round.
@@ -1034,6 +1044,8 @@ impl Machine {
         if now >= p.at_offset_ms(round, p.publish_deadline_ms) {
             return self.abandon(round, AbandonReason::DeadlineMissed, false);
         }
+        // The early challenge of this round, if we hold both nonces of the round before.
+        let early_challenge = self.early_challenge_of(round);
         // CUTOFF: freeze.
         let cutoff = p
             .at_offset_ms(round, p.cutoff_ms)
@@ -1056,6 +1068,7 @@ impl Machine {
                     })
                     .collect(),
                 committed: st.commits.keys().copied().collect(),
+                early_challenge: early_challenge.is_some(),
             };
             st.frozen = Some(frozen.clone());
             actions.push(Action::Persist {
@@ -1112,6 +1125,11 @@ impl Machine {
             };
             let accepted = admit(accepted, p.max_writers as usize, round, &na, &nb);
             st.accepted = Some(accepted);
+            // Both nonces of this round are known: so is the next round's early challenge.
+            actions.push(Action::EarlyChallenge {
+                round: round + 1,
+                challenge: self::early_challenge(round + 1, &na, &nb),
+            });
             st.sets_at = Some(now);
             actions.push(Action::PhaseDone {
                 round,
@@ -1150,7 +1168,11 @@ impl Machine {
                 n_slots: p.n_slots() as usize,
                 slot_len: p.slot_len as usize,
                 domain_bits: p.domain_bits,
-                challenge: challenge(round, &na, &nb),
+                // Both servers decide alike from the two frozen views: the early challenge if
+                // both held it at CUTOFF, else the one drawn from this round's nonces.
+                challenge: early_challenge
+                    .filter(|_| own.early_challenge && peer.early_challenge)
+                    .unwrap_or_else(|| challenge(round, &na, &nb)),
                 writes,
             }));
         }
@@ -1388,6 +1410,17 @@ impl Machine {
         }
     }
 
+    /// The early challenge of `round` if this server holds both nonces of `round - 1`.
+    fn early_challenge_of(&self, round: u64) -> Option<[u8; 16]> {
+        let prev = self.rounds.get(&round.checked_sub(1)?)?;
+        let (own, peer) = (prev.frozen.as_ref()?, prev.peer_sets.as_ref()?);
+        let (na, nb) = match self.cfg.role {
+            Role::A => (own.nonce, peer.nonce),
+            Role::B => (peer.nonce, own.nonce),
+        };
+        Some(early_challenge(round, &na, &nb))
+    }
+
     /// After all records are restored: recomputes what was derived, re-sends every own message
     /// of unfinished rounds (the peer treats repeats as no-ops) and moves rounds along.
     pub fn resume(&mut self, now: u64) -> Vec<Action> {
@@ -1495,6 +1528,22 @@ pub fn challenge(round: u64, nonce_a: &[u8; 32], nonce_b: &[u8; 32]) -> [u8; 16]
     h.update(round.to_le_bytes());
     h.update(nonce_a);
     h.update(nonce_b);
+    let d: [u8; 32] = h.finalize().into();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&d[..16]);
+    out
+}
+
+/// The early audit challenge of `round`:
+/// `SHA-256("mpm/challenge-early/v1" || round || nonce_A(round - 1) || nonce_B(round - 1))[..16]`,
+/// from the nonces the servers exchanged at the previous round's CUTOFF (never sent to
+/// clients), so known to both servers before the round's first write.
+pub fn early_challenge(round: u64, prev_nonce_a: &[u8; 32], prev_nonce_b: &[u8; 32]) -> [u8; 16] {
+    let mut h = Sha256::new();
+    h.update(b"mpm/challenge-early/v1");
+    h.update(round.to_le_bytes());
+    h.update(prev_nonce_a);
+    h.update(prev_nonce_b);
     let d: [u8; 32] = h.finalize().into();
     let mut out = [0u8; 16];
     out.copy_from_slice(&d[..16]);

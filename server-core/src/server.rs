@@ -664,21 +664,21 @@ fn restore(
             store.remove_round(round)?;
             continue;
         }
-        for name in store.list(Some(round))? {
+        let loaded = store.load_round(round)?;
+        for path in &loaded.corrupt {
+            tracing::error!(
+                path,
+                round,
+                "corrupted record file; round will be abandoned"
+            );
+            metrics.corrupt_files.fetch_add(1, Ordering::Relaxed);
+            machine.restore_corrupt(Some(round));
+        }
+        for (name, bytes) in loaded.records {
             let key = RecordKey::round(round, name);
-            match store.get(&key) {
-                Ok(Some(bytes)) => {
-                    if let Err(e) = machine.restore(&key, &bytes) {
-                        tracing::error!(error = %e, "unusable record; round will be abandoned");
-                        metrics.corrupt_files.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::error!(error = %e, round, "corrupted record; round will be abandoned");
-                    metrics.corrupt_files.fetch_add(1, Ordering::Relaxed);
-                    machine.restore_corrupt(Some(round));
-                }
+            if let Err(e) = machine.restore(&key, &bytes) {
+                tracing::error!(error = %e, "unusable record; round will be abandoned");
+                metrics.corrupt_files.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -735,10 +735,9 @@ fn execute(
                             // Stopped meanwhile: a restart recomputes the audit.
                             return;
                         }
-                        shared
-                            .metrics
-                            .audit_eval
-                            .observe_ms(started.elapsed().as_millis() as u64);
+                        let ms = started.elapsed().as_millis() as u64;
+                        shared.metrics.audit_eval.observe_ms(ms);
+                        tracing::debug!(round, ms, "audit computed");
                         let now = now_ms();
                         let more = match res {
                             Ok(Ok(result)) => shared.machine().audit_done(now, result),
@@ -779,6 +778,9 @@ fn execute(
                         .last_final_round
                         .fetch_max(round, Ordering::Relaxed);
                     tracing::warn!(round, ?reason, "round abandoned");
+                }
+                Action::EarlyChallenge { round, challenge } => {
+                    shared.early.set_challenge(round, challenge);
                 }
                 Action::PhaseDone { round, phase, ms } => {
                     shared.metrics.phase(phase, ms);
@@ -1026,6 +1028,7 @@ async fn client_request(
             let w: protocol::WriteRequest = decode(body)?;
             let (round, id) = (w.round, w.request_id);
             let key = w.key.clone();
+            let ctx = protocol::write_ctx(round, &id, &w.account);
             let (receipt, actions) = {
                 // New writes are refused once a shutdown began (an identical retry of one
                 // accepted before still gets its receipt: it needs no action).
@@ -1045,7 +1048,7 @@ async fn client_request(
             if fresh {
                 // Persisted and acknowledged: apply it to the round's share while the round
                 // is still open (an identical retry is not applied twice).
-                shared.early.push(round, id, key);
+                shared.early.push(round, id, key, ctx);
             }
             shared
                 .metrics

@@ -41,6 +41,10 @@ struct Node {
     published: Vec<u64>,
     abandoned: Vec<(u64, AbandonReason)>,
     phases: Vec<(u64, RoundPhase, u64)>,
+    /// (round, challenge) of every audit job run.
+    audits: Vec<(u64, [u8; 16])>,
+    /// (round, challenge) of every early challenge announced.
+    early: Vec<(u64, [u8; 16])>,
     cfg: MachineConfig,
 }
 
@@ -75,6 +79,8 @@ impl Node {
             published: Vec::new(),
             abandoned: Vec::new(),
             phases: Vec::new(),
+            audits: Vec::new(),
+            early: Vec::new(),
             cfg,
         }
     }
@@ -87,6 +93,7 @@ impl Node {
                 }
                 Action::SendPeer(m) => self.outbox.push(m),
                 Action::Audit(job) => {
+                    self.audits.push((job.round, job.challenge));
                     let result = run_audit(&job, 2).expect("audit");
                     let more = self.m.audit_done(now, result);
                     self.apply(now, more);
@@ -98,6 +105,7 @@ impl Node {
                     self.disk.retain(|k, _| k.round.is_none_or(|r| r >= below));
                 }
                 Action::PhaseDone { round, phase, ms } => self.phases.push((round, phase, ms)),
+                Action::EarlyChallenge { round, challenge } => self.early.push((round, challenge)),
                 _ => {}
             }
         }
@@ -676,6 +684,82 @@ fn a_malformed_key_pair_fails_the_audit_and_changes_nothing() {
 }
 
 #[test]
+fn a_round_is_audited_under_the_early_challenge_only_when_both_servers_held_it() {
+    let p = params();
+    let mut net = Net::new();
+    let honest = TestClient::new(16);
+    let cheat = TestClient::new(17);
+    net.register(&honest);
+    net.register(&cheat);
+    let malformed = |round: u64, n: u8| {
+        let mut rng = dpf::SeededRandom::new([n; 32]);
+        let (k1a, _) =
+            dpf::WriteKey::r#gen(p.domain_bits, 32, 20, &payload(&p, 0x22), &mut rng).expect("gen");
+        let (_, k2b) =
+            dpf::WriteKey::r#gen(p.domain_bits, 32, 30, &payload(&p, 0x33), &mut rng).expect("gen");
+        cheat.write_from_keys(&p, round, id(n), &k1a, &k2b, 20, &payload(&p, 0x22))
+    };
+    // Round 0: no round before it, so the challenge is drawn at its own cutoff.
+    net.write_and_commit(
+        at(0, 60),
+        &honest.write(&p, 0, id(1), 9, &payload(&p, 1), 1),
+    );
+    net.run(at(0, 100), at(0, 950));
+    assert_eq!(published(&net.a, 0).accepted, vec![id(1)]);
+    // Both servers announced round 1's early challenge at round 0's SETS, the same one.
+    let early_1: Vec<[u8; 16]> = [&net.a, &net.b]
+        .iter()
+        .flat_map(|n| n.early.iter().filter(|(r, _)| *r == 1).map(|(_, c)| *c))
+        .collect();
+    assert_eq!(early_1.len(), 2);
+    assert_eq!(early_1[0], early_1[1]);
+    // Round 1 is audited under it, on both sides, and a malformed write still fails.
+    net.write_and_commit(
+        at(1, 60),
+        &honest.write(&p, 1, id(2), 9, &payload(&p, 2), 2),
+    );
+    net.write_and_commit(at(1, 61), &malformed(1, 3));
+    net.run(at(1, 100), at(1, 950));
+    assert_eq!(published(&net.a, 1).accepted, vec![id(2)]);
+    assert_eq!(published(&net.a, 1), published(&net.b, 1));
+    for n in [&net.a, &net.b] {
+        let audited: BTreeMap<u64, [u8; 16]> = n.audits.iter().copied().collect();
+        assert_eq!(audited[&1], early_1[0], "{:?}", n.m.role());
+        assert_ne!(audited[&0], early_1[0]);
+    }
+    // B's SETS of round 2 does not reach A: A does not hold round 3's early challenge at
+    // round 3's cutoff, says so, and both fall back to the challenge drawn at that cutoff.
+    net.tamper = Some(Box::new(|from, m| {
+        !(from == Role::B && matches!(m, PeerMessage::Sets(s) if s.round == 2))
+    }));
+    net.run(at(2, 100), at(2, 950));
+    net.write_and_commit(
+        at(3, 60),
+        &honest.write(&p, 3, id(4), 9, &payload(&p, 4), 3),
+    );
+    net.write_and_commit(at(3, 61), &malformed(3, 5));
+    net.run(at(3, 100), at(3, 950));
+    assert_eq!(published(&net.a, 3).accepted, vec![id(4)]);
+    assert_eq!(published(&net.a, 3), published(&net.b, 3));
+    let audited = |n: &Node| -> Vec<[u8; 16]> {
+        n.audits
+            .iter()
+            .filter(|(r, _)| *r == 3)
+            .map(|(_, c)| *c)
+            .collect()
+    };
+    assert_eq!(audited(&net.a), audited(&net.b));
+    assert!(!net.a.early.iter().any(|(r, _)| *r == 3));
+    assert!(
+        net.b
+            .early
+            .iter()
+            .any(|(r, c)| *r == 3 && *c != audited(&net.b)[0]),
+        "B held round 3's early challenge but did not use it"
+    );
+}
+
+#[test]
 fn peer_loss_abandons_at_the_deadline_and_recovers_next_round() {
     let p = params();
     let mut net = Net::new();
@@ -881,6 +965,7 @@ fn equivocating_peer_messages_abandon() {
         nonce: [9; 32],
         received: vec![],
         committed: vec![],
+        early_challenge: false,
     };
     let (_, actions) = net
         .b
@@ -900,6 +985,7 @@ fn equivocating_peer_messages_abandon() {
         nonce: [0; 32],
         received: vec![],
         committed: vec![],
+        early_challenge: false,
     };
     assert_eq!(
         net.b
@@ -1041,6 +1127,7 @@ fn sets_that_arrive_before_the_cutoff_beyond_the_clock_skew_abandon_the_round() 
         nonce: [7; 32],
         received: vec![],
         committed: vec![],
+        early_challenge: false,
     };
     let (_, actions) = net
         .b
