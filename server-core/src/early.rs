@@ -41,6 +41,9 @@ struct Round {
     queued: usize,
     /// The round's early challenge, once known.
     challenge: Option<[u8; 16]>,
+    /// The round's audit has started ([`EarlyApply::take`]): writes still queued are skipped
+    /// and left to the audit, which spreads them over every core.
+    taken: bool,
 }
 
 struct State {
@@ -153,11 +156,15 @@ impl EarlyApply {
         }
     }
 
-    /// Waits until every write handed over for `round` is applied, then takes the round's
-    /// early share (`None` if nothing was applied). Blocks: call from a blocking thread.
+    /// Stops applying writes of `round` (those still queued are skipped: the audit evaluates
+    /// them), waits for the batch in progress, then takes the round's early share (`None` if
+    /// nothing was applied). Blocks: call from a blocking thread.
     pub fn take(&self, round: u64) -> Option<Early> {
         let (m, cv) = &*self.state;
         let mut s = lock(m);
+        if let Some(r) = s.rounds.get_mut(&round) {
+            r.taken = true;
+        }
         while s.rounds.get(&round).is_some_and(|r| r.queued > 0) {
             s = cv.wait(s).unwrap_or_else(|p| p.into_inner());
         }
@@ -165,6 +172,16 @@ impl EarlyApply {
             .remove(&round)
             .map(|r| r.early)
             .filter(|e| !e.applied.is_empty())
+    }
+
+    /// Waits until the worker has applied every write handed over for `round`.
+    #[cfg(test)]
+    fn wait_applied(&self, round: u64) {
+        let (m, cv) = &*self.state;
+        let mut s = lock(m);
+        while s.rounds.get(&round).is_some_and(|r| r.queued > 0) {
+            s = cv.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
     }
 
     /// Drops the early shares of rounds below `below` (abandoned or pruned).
@@ -189,7 +206,18 @@ fn apply(
     // The share is taken out while it is computed on (a `take` waits for `queued`).
     let (mut early, challenge) = {
         let mut s = lock(m);
+        let closed = round < s.closed_below;
         let r = s.rounds.entry(round).or_default();
+        if closed || r.taken {
+            // Too late: the round is being audited (or is gone). Under overload this keeps
+            // the worker from spending a round's time on rounds that no longer want it.
+            r.queued = r.queued.saturating_sub(group.len());
+            if closed && r.queued == 0 {
+                s.rounds.remove(&round);
+            }
+            cv.notify_all();
+            return;
+        }
         (std::mem::take(&mut r.early), r.challenge)
     };
     if early.share.is_empty() {
@@ -296,8 +324,14 @@ mod tests {
                 for &i in &applied {
                     early.push(3, writes[i].0, writes[i].1.clone(), writes[i].2.clone());
                 }
+                // Taken at once, writes still queued are skipped and left to the audit;
+                // taken once the worker is idle, every write after the challenge is audited.
+                let idle = applied.len() % 2 == 0;
+                if idle {
+                    early.wait_applied(3);
+                }
                 let taken = early.take(3);
-                if challenge == Some(job.challenge) && applied.len() > 1 {
+                if idle && challenge == Some(job.challenge) && applied.len() > 1 {
                     let audited = taken.as_ref().map_or(0, |e| e.values.len());
                     assert!(audited > 0, "some writes audited early: {applied:?}");
                 }

@@ -193,19 +193,32 @@ impl Store {
                 None => global.insert(&k.name, v),
             };
         }
-        let mut files: Vec<(PathBuf, Vec<u8>)> = Vec::new();
+        // Each file's parts, written one after the other (no copy of a large payload).
+        let mut files: Vec<(PathBuf, Vec<&[u8]>)> = Vec::new();
+        let mut entry_headers: Vec<Vec<u8>> = Vec::new();
         for (name, payload) in global {
-            files.push((self.root.join("global").join(name), framed(payload)));
+            files.push((self.root.join("global").join(name), vec![payload]));
         }
-        for (round, entries) in rounds {
+        let mut batch_paths = Vec::new();
+        for (round, entries) in &rounds {
             let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-            let path = self
-                .round_dir(round)
-                .join(format!("{seq:020}{BATCH_SUFFIX}"));
-            files.push((path, framed(&encode_batch(entries))));
+            batch_paths.push(
+                self.round_dir(*round)
+                    .join(format!("{seq:020}{BATCH_SUFFIX}")),
+            );
+            entry_headers.extend(entries.iter().map(|(n, v)| entry_header(n, v.len())));
+        }
+        let mut headers = entry_headers.iter();
+        for (path, entries) in batch_paths.into_iter().zip(rounds.values()) {
+            let parts = entries
+                .values()
+                .zip(headers.by_ref())
+                .flat_map(|(v, h)| [h.as_slice(), *v])
+                .collect();
+            files.push((path, parts));
         }
         let mut staged = Vec::with_capacity(files.len());
-        for (path, bytes) in &files {
+        for (path, parts) in &files {
             let dir = path
                 .parent()
                 .map(Path::to_path_buf)
@@ -217,7 +230,10 @@ impl Store {
                 .unwrap_or("record");
             let tmp = dir.join(format!(".{name}.tmp"));
             let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-            f.write_all(bytes).map_err(io_err(&tmp))?;
+            f.write_all(&parts_header(parts)).map_err(io_err(&tmp))?;
+            for part in parts {
+                f.write_all(part).map_err(io_err(&tmp))?;
+            }
             staged.push((f, tmp, path, dir));
         }
         for (f, tmp, _, _) in &staged {
@@ -331,14 +347,11 @@ impl Store {
 /// Bytes of a record file's header: `MAGIC || payload length (u64 LE) || SHA-256(payload)`. A
 /// record file is this header followed by the payload.
 pub fn record_header(payload: &[u8]) -> [u8; HEADER] {
-    let mut h = [0u8; HEADER];
-    h[..8].copy_from_slice(MAGIC);
-    h[8..16].copy_from_slice(&(payload.len() as u64).to_le_bytes());
-    h[16..].copy_from_slice(&Sha256::digest(payload));
-    h
+    parts_header(&[payload])
 }
 
 /// `record_header(payload) || payload`.
+#[cfg(test)]
 fn framed(payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(HEADER + payload.len());
     v.extend_from_slice(&record_header(payload));
@@ -346,15 +359,37 @@ fn framed(payload: &[u8]) -> Vec<u8> {
     v
 }
 
+/// [`record_header`] of the concatenation of `parts`.
+fn parts_header(parts: &[&[u8]]) -> [u8; HEADER] {
+    let mut sha = Sha256::new();
+    let mut len = 0u64;
+    for p in parts {
+        sha.update(p);
+        len += p.len() as u64;
+    }
+    let mut h = [0u8; HEADER];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..16].copy_from_slice(&len.to_le_bytes());
+    h[16..].copy_from_slice(&sha.finalize());
+    h
+}
+
+/// A batch entry's `name length (u16 LE) || name || length (u64 LE)`.
+fn entry_header(name: &str, len: usize) -> Vec<u8> {
+    let n = u16::try_from(name.len()).unwrap_or(u16::MAX);
+    let mut out = Vec::with_capacity(2 + name.len() + 8);
+    out.extend_from_slice(&n.to_le_bytes());
+    out.extend_from_slice(&name.as_bytes()[..usize::from(n)]);
+    out.extend_from_slice(&(len as u64).to_le_bytes());
+    out
+}
+
 /// A batch file's payload: `name length (u16 LE) || name || length (u64 LE) || bytes` per
 /// entry, in the given order. Names are record names (checked, short).
 pub fn encode_batch<'a>(entries: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Vec<u8> {
     let mut out = Vec::new();
     for (name, bytes) in entries {
-        let n = u16::try_from(name.len()).unwrap_or(u16::MAX);
-        out.extend_from_slice(&n.to_le_bytes());
-        out.extend_from_slice(&name.as_bytes()[..usize::from(n)]);
-        out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        out.extend_from_slice(&entry_header(name, bytes.len()));
         out.extend_from_slice(bytes);
     }
     out
