@@ -50,7 +50,13 @@ pub enum ComputeError {
     /// A worker thread panicked.
     #[error("a DPF worker thread panicked")]
     WorkerPanicked,
+    /// The caller gave up on the job (its round's deadline passed).
+    #[error("the computation was cancelled")]
+    Cancelled,
 }
+
+/// Writes evaluated between two checks for cancellation.
+const CANCEL_CHUNK: usize = 32;
 
 /// How many worker threads to use for a kernel.
 pub fn worker_count() -> usize {
@@ -79,6 +85,17 @@ fn in_threads<T: Sync, R: Send>(
 /// Runs an audit job: each worker evaluates whole keys into its own partial array (sharding by
 /// key keeps every audit whole); partial arrays are XORed together.
 pub fn run_audit(job: &AuditJob, threads: usize) -> Result<AuditResult, ComputeError> {
+    run_audit_until(job, threads, &|| false)
+}
+
+/// [`run_audit`] that stops with [`ComputeError::Cancelled`] once `cancelled()` returns true
+/// (checked every [`CANCEL_CHUNK`] writes per thread), so an overloaded server does not spend
+/// its cores on a round that has already missed its deadline.
+pub fn run_audit_until(
+    job: &AuditJob,
+    threads: usize,
+    cancelled: &(dyn Fn() -> bool + Sync),
+) -> Result<AuditResult, ComputeError> {
     let array_len = job.n_slots * job.slot_len;
     // Keys were validated when received; one that no longer decodes gets a random audit value,
     // which cannot match the peer's, so the write is dropped by both.
@@ -99,16 +116,25 @@ pub fn run_audit(job: &AuditJob, threads: usize) -> Result<AuditResult, ComputeE
             }
         }
         let writes: Vec<(&dpf::WriteKey, &[u8])> = pairs.iter().map(|(_, k, c)| (*k, *c)).collect();
-        let vals = dpf::write_accumulate_audited(
-            &mut arr,
-            job.slot_len,
-            &writes,
-            party(job.role),
-            &dpf::AuditChallenge(job.challenge),
-        );
+        let mut vals = Vec::with_capacity(writes.len());
+        for chunk in writes.chunks(CANCEL_CHUNK) {
+            if cancelled() {
+                return None;
+            }
+            vals.extend(dpf::write_accumulate_audited(
+                &mut arr,
+                job.slot_len,
+                chunk,
+                party(job.role),
+                &dpf::AuditChallenge(job.challenge),
+            ));
+        }
         out.extend(pairs.iter().map(|p| p.0).zip(vals));
-        (arr, out)
-    })?;
+        Some((arr, out))
+    })?
+    .into_iter()
+    .collect::<Option<Vec<_>>>()
+    .ok_or(ComputeError::Cancelled)?;
     let mut share = vec![0u8; array_len];
     let mut values = vec![[0u8; 32]; job.writes.len()];
     let mut filled = vec![false; job.writes.len()];
@@ -146,8 +172,19 @@ pub fn run_audit_with_early(
     early: Option<Early>,
     threads: usize,
 ) -> Result<AuditResult, ComputeError> {
+    run_audit_with_early_until(job, early, threads, &|| false)
+}
+
+/// [`run_audit_with_early`] that stops with [`ComputeError::Cancelled`] once `cancelled()`
+/// returns true (see [`run_audit_until`]).
+pub fn run_audit_with_early_until(
+    job: &AuditJob,
+    early: Option<Early>,
+    threads: usize,
+    cancelled: &(dyn Fn() -> bool + Sync),
+) -> Result<AuditResult, ComputeError> {
     let Some(early) = early else {
-        return run_audit(job, threads);
+        return run_audit_until(job, threads, cancelled);
     };
     let decode = |k: &[u8]| dpf::WriteKey::decode(k, job.domain_bits, job.slot_len).ok();
     let is_early = |id: &RequestId| early.applied.contains_key(id);
@@ -169,7 +206,7 @@ pub fn run_audit_with_early(
     let mut share = early.share;
     let mut values: HashMap<RequestId, [u8; 32]> = HashMap::new();
     if !late.writes.is_empty() {
-        let r = run_audit(&late, threads)?;
+        let r = run_audit_until(&late, threads, cancelled)?;
         xor_into(&mut share, &r.share);
         values.extend(r.values.into_iter().map(|v| (v.request_id, v.value)));
     }
@@ -201,19 +238,29 @@ pub fn run_audit_with_early(
         .collect();
     let parts = in_threads(&audited, threads, |part| {
         let writes: Vec<(&dpf::WriteKey, &[u8])> = part.iter().map(|(_, k, c)| (k, *c)).collect();
-        let vals = dpf::write_audit(
-            job.n_slots,
-            job.slot_len,
-            &writes,
-            party(job.role),
-            &dpf::AuditChallenge(job.challenge),
-        );
-        part.iter()
-            .map(|(id, _, _)| *id)
-            .zip(vals)
-            .collect::<Vec<_>>()
+        let mut vals = Vec::with_capacity(writes.len());
+        for chunk in writes.chunks(CANCEL_CHUNK) {
+            if cancelled() {
+                return None;
+            }
+            vals.extend(dpf::write_audit(
+                job.n_slots,
+                job.slot_len,
+                chunk,
+                party(job.role),
+                &dpf::AuditChallenge(job.challenge),
+            ));
+        }
+        Some(
+            part.iter()
+                .map(|(id, _, _)| *id)
+                .zip(vals)
+                .collect::<Vec<_>>(),
+        )
     })?;
-    values.extend(parts.into_iter().flatten());
+    for part in parts {
+        values.extend(part.ok_or(ComputeError::Cancelled)?);
+    }
     Ok(AuditResult {
         round: job.round,
         share,

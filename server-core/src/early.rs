@@ -354,6 +354,37 @@ mod tests {
     }
 
     #[test]
+    fn a_cancelled_audit_stops_and_says_so() {
+        use crate::compute::{ComputeError, run_audit_until, run_audit_with_early_until};
+        let mut rng = SeededRandom::new([6; 32]);
+        let (a, _) = dpf::WriteKey::r#gen(6, 32, 3, &[1; 32], &mut rng).expect("gen");
+        let job = AuditJob {
+            round: 1,
+            role: Role::A,
+            n_slots: 64,
+            slot_len: 32,
+            domain_bits: 6,
+            challenge: [1; 16],
+            writes: vec![([1; 16], a.encode(), vec![])],
+        };
+        let never = || false;
+        let now = || true;
+        assert!(run_audit_until(&job, 2, &never).is_ok());
+        assert_eq!(
+            run_audit_until(&job, 2, &now).map(|_| ()),
+            Err(ComputeError::Cancelled)
+        );
+        // Applied early without its audit value: the audit left at the close is cancelled too.
+        let early = EarlyApply::start(Role::A, 6, 64, 32);
+        early.push(1, [1; 16], a.encode(), vec![]);
+        early.wait_applied(1);
+        assert_eq!(
+            run_audit_with_early_until(&job, early.take(1), 2, &now).map(|_| ()),
+            Err(ComputeError::Cancelled)
+        );
+    }
+
+    #[test]
     fn forgotten_rounds_drop_their_share_and_late_work() {
         let early = EarlyApply::start(Role::B, 6, 64, 32);
         let mut rng = SeededRandom::new([5; 32]);

@@ -45,7 +45,7 @@ pub enum Action {
         /// Where.
         key: RecordKey,
         /// What.
-        bytes: Vec<u8>,
+        bytes: Arc<Vec<u8>>,
     },
     /// Send a message to the peer, retrying until acknowledged.
     SendPeer(PeerMessage),
@@ -457,7 +457,7 @@ impl Machine {
                 self.used_invites.insert(h);
                 actions.push(Action::Persist {
                     key: RecordKey::global(format!("invite-{}", hex::encode(h))),
-                    bytes: h.to_vec(),
+                    bytes: h.to_vec().into(),
                 });
             }
         }
@@ -476,7 +476,7 @@ impl Machine {
         self.accounts.insert(req.account);
         actions.push(Action::Persist {
             key: RecordKey::global(format!("account-{}", hex::encode(req.account))),
-            bytes: codec::encode(req),
+            bytes: codec::encode(req).into(),
         });
         Ok((
             RegisterResponse {
@@ -563,7 +563,7 @@ impl Machine {
         let receipt = self.receipt_for(cur, &req, half_hash);
         let action = Action::Persist {
             key: RecordKey::round(cur, format!("write-{}", id_hex(&req.request_id))),
-            bytes: codec::encode(&req),
+            bytes: codec::encode(&req).into(),
         };
         let st = self.round_mut(cur);
         st.writers.insert(req.account);
@@ -657,7 +657,7 @@ impl Machine {
         st.commits.insert(r.request_id, r.clone());
         let action = Action::Persist {
             key: RecordKey::round(r.round, format!("commit-{}", id_hex(&r.request_id))),
-            bytes: codec::encode(r),
+            bytes: codec::encode(r).into(),
         };
         Ok((
             CommitAck {
@@ -749,7 +749,7 @@ impl Machine {
             Some(_) => Vec::new(),
             None => vec![Action::Persist {
                 key: RecordKey::round(cur, format!("read-{}", hex::encode(req.account))),
-                bytes: digest.to_vec(),
+                bytes: digest.to_vec().into(),
             }],
         };
         Ok((
@@ -869,7 +869,9 @@ impl Machine {
         };
         let equivocated;
         let fresh;
-        match msg.clone() {
+        // Encoded before the message is moved into the state (no copy of a share array).
+        let encoded = codec::encode(&msg);
+        match msg {
             PeerMessage::Sets(m) => (fresh, equivocated) = store_once(&mut st.peer_sets, m),
             PeerMessage::Audit(m) => (fresh, equivocated) = store_once(&mut st.peer_audit, m),
             PeerMessage::Shares(m) => {
@@ -885,7 +887,7 @@ impl Machine {
         if fresh {
             actions.push(Action::Persist {
                 key: RecordKey::round(round, name),
-                bytes: codec::encode(&msg),
+                bytes: encoded.into(),
             });
             actions.extend(self.advance(round, now));
         }
@@ -969,7 +971,7 @@ impl Machine {
                 let wrapped = PeerMessage::Audit(msg);
                 actions.push(Action::Persist {
                     key: RecordKey::round(round, "own-audit"),
-                    bytes: codec::encode(&wrapped),
+                    bytes: codec::encode(&wrapped).into(),
                 });
                 actions.push(Action::SendPeer(wrapped));
             }
@@ -987,6 +989,15 @@ impl Machine {
     }
 
     /// A computation failed: the round cannot be closed safely.
+    /// The audit computation of `round` was given up after the round's deadline: the round is
+    /// abandoned for the deadline (not for lost state), as it would have been anyway.
+    pub fn compute_cancelled(&mut self, now: u64, round: u64) -> Vec<Action> {
+        if let Some(st) = self.rounds.get_mut(&round) {
+            st.audit_running = false;
+        }
+        self.advance(round, now)
+    }
+
     pub fn compute_failed(&mut self, now: u64, round: u64) -> Vec<Action> {
         if let Some(st) = self.rounds.get_mut(&round) {
             st.audit_running = false;
@@ -1005,7 +1016,7 @@ impl Machine {
         st.array = None;
         let mut actions = vec![Action::Persist {
             key: RecordKey::round(round, "outcome"),
-            bytes: codec::encode(&status),
+            bytes: codec::encode(&status).into(),
         }];
         if reason != AbandonReason::PeerAbandoned {
             actions.push(Action::SendPeer(PeerMessage::Abandon(AbandonMessage {
@@ -1073,7 +1084,7 @@ impl Machine {
             st.frozen = Some(frozen.clone());
             actions.push(Action::Persist {
                 key: RecordKey::round(round, "frozen"),
-                bytes: codec::encode(&frozen),
+                bytes: codec::encode(&frozen).into(),
             });
             actions.push(Action::SendPeer(PeerMessage::Sets(frozen)));
         }
@@ -1240,10 +1251,14 @@ impl Machine {
         // EXCHANGE: M_r = W_A xor W_B, persisted, hash signed and sent.
         if st.array.is_none()
             && st.share_final
-            && let (Some(own), Some(peer)) = (&st.own_share, &st.peer_shares)
+            && st.peer_shares.is_some()
+            && let Some(mut m) = st.own_share.take()
         {
-            let mut m = own.clone();
-            xor_into(&mut m, peer);
+            // Our share is not needed any more (it was sent; a restart recomputes it), so M_r
+            // is computed in its buffer rather than in a copy of the whole array.
+            if let Some(peer) = &st.peer_shares {
+                xor_into(&mut m, peer);
+            }
             st.array = Some(Arc::new(m));
         }
         if st.own_hash.is_none()
@@ -1261,12 +1276,12 @@ impl Machine {
             };
             actions.push(Action::Persist {
                 key: RecordKey::round(round, "array"),
-                bytes: array.as_ref().clone(),
+                bytes: array.clone(),
             });
             let wrapped = PeerMessage::ArrayHash(msg.clone());
             actions.push(Action::Persist {
                 key: RecordKey::round(round, "own-hash"),
-                bytes: codec::encode(&wrapped),
+                bytes: codec::encode(&wrapped).into(),
             });
             actions.push(Action::SendPeer(wrapped));
             st.own_hash = Some(msg);
@@ -1297,7 +1312,7 @@ impl Machine {
                 st.peer_shares = None;
                 actions.push(Action::Persist {
                     key: RecordKey::round(round, "outcome"),
-                    bytes: codec::encode(&status),
+                    bytes: codec::encode(&status).into(),
                 });
                 if let Some(t) = st.audit_at {
                     actions.push(Action::PhaseDone {

@@ -1,7 +1,7 @@
 //! The thin tokio shell around the [`Machine`]: listeners, the clock, persistence, peer
 //! delivery, batched reads, metrics.
 
-use crate::compute::{answer_reads, run_audit_with_early, worker_count};
+use crate::compute::{ComputeError, answer_reads, run_audit_with_early_until, worker_count};
 use crate::config::{Config, ConfigError, load_signing_key};
 use crate::early::EarlyApply;
 use crate::health::{ReadinessInput, readiness};
@@ -101,7 +101,7 @@ struct Shared {
 /// One record to persist and where to report that it is durable.
 struct PersistJob {
     key: RecordKey,
-    bytes: Vec<u8>,
+    bytes: Arc<Vec<u8>>,
     done: oneshot::Sender<Result<(), StoreError>>,
 }
 
@@ -120,7 +120,7 @@ async fn persister(store: Store, mut rx: mpsc::Receiver<PersistJob>) {
                 Err(_) => break,
             }
         }
-        let records: Vec<(RecordKey, Vec<u8>)> = batch
+        let records: Vec<(RecordKey, Arc<Vec<u8>>)> = batch
             .iter_mut()
             .map(|j| (j.key.clone(), std::mem::take(&mut j.bytes)))
             .collect();
@@ -144,7 +144,7 @@ async fn persister(store: Store, mut rx: mpsc::Receiver<PersistJob>) {
 
 impl Shared {
     /// Persists one record (through the group committer).
-    async fn persist(&self, key: RecordKey, bytes: Vec<u8>) -> Result<(), StoreError> {
+    async fn persist(&self, key: RecordKey, bytes: Arc<Vec<u8>>) -> Result<(), StoreError> {
         let (done, wait) = oneshot::channel();
         let stopped = || StoreError::Io {
             path: key.name.clone(),
@@ -726,9 +726,13 @@ fn execute(
                         let round = job.round;
                         let started = Instant::now();
                         let early = shared.early.clone();
+                        let p = *shared.machine().params();
+                        let deadline = p.at_offset_ms(round, p.publish_deadline_ms);
                         let res = tokio::task::spawn_blocking(move || {
                             let applied = early.take(job.round);
-                            run_audit_with_early(&job, applied, worker_count())
+                            // Past the deadline the round is abandoned whatever this computes.
+                            let late = || now_ms() >= deadline;
+                            run_audit_with_early_until(&job, applied, worker_count(), &late)
                         })
                         .await;
                         if shared.stopped() {
@@ -741,6 +745,13 @@ fn execute(
                         let now = now_ms();
                         let more = match res {
                             Ok(Ok(result)) => shared.machine().audit_done(now, result),
+                            Ok(Err(ComputeError::Cancelled)) => {
+                                tracing::warn!(
+                                    round,
+                                    "audit given up: the round's deadline passed"
+                                );
+                                shared.machine().compute_cancelled(now, round)
+                            }
                             Ok(Err(e)) => {
                                 tracing::error!(error = %e, round, "audit computation failed");
                                 shared.machine().compute_failed(now, round)

@@ -89,7 +89,7 @@ impl Node {
         for a in actions {
             match a {
                 Action::Persist { key, bytes } => {
-                    self.disk.insert(key, bytes);
+                    self.disk.insert(key, bytes.to_vec());
                 }
                 Action::SendPeer(m) => self.outbox.push(m),
                 Action::Audit(job) => {
