@@ -1538,15 +1538,7 @@ fn store_once<T: PartialEq>(slot: &mut Option<T>, value: T) -> (bool, bool) {
 
 /// `SHA-256("mpm/challenge/v1" || round || nonce_A || nonce_B)[..16]`.
 pub fn challenge(round: u64, nonce_a: &[u8; 32], nonce_b: &[u8; 32]) -> [u8; 16] {
-    let mut h = Sha256::new();
-    h.update(b"mpm/challenge/v1");
-    h.update(round.to_le_bytes());
-    h.update(nonce_a);
-    h.update(nonce_b);
-    let d: [u8; 32] = h.finalize().into();
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&d[..16]);
-    out
+    challenge_under(b"mpm/challenge/v1", round, nonce_a, nonce_b)
 }
 
 /// The early audit challenge of `round`:
@@ -1554,11 +1546,16 @@ pub fn challenge(round: u64, nonce_a: &[u8; 32], nonce_b: &[u8; 32]) -> [u8; 16]
 /// from the nonces the servers exchanged at the previous round's CUTOFF (never sent to
 /// clients), so known to both servers before the round's first write.
 pub fn early_challenge(round: u64, prev_nonce_a: &[u8; 32], prev_nonce_b: &[u8; 32]) -> [u8; 16] {
+    challenge_under(b"mpm/challenge-early/v1", round, prev_nonce_a, prev_nonce_b)
+}
+
+/// `SHA-256(label || round (u64 LE) || a || b)[..16]`.
+fn challenge_under(label: &[u8], round: u64, a: &[u8; 32], b: &[u8; 32]) -> [u8; 16] {
     let mut h = Sha256::new();
-    h.update(b"mpm/challenge-early/v1");
+    h.update(label);
     h.update(round.to_le_bytes());
-    h.update(prev_nonce_a);
-    h.update(prev_nonce_b);
+    h.update(a);
+    h.update(b);
     let d: [u8; 32] = h.finalize().into();
     let mut out = [0u8; 16];
     out.copy_from_slice(&d[..16]);

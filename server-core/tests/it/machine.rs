@@ -647,6 +647,18 @@ fn differing_array_hashes_abandon_the_round_and_reads_get_zeros() {
     );
 }
 
+/// A write whose halves come from two different key pairs (different payload and slot), each
+/// signed correctly.
+fn malformed_write(cheat: &TestClient, round: u64, rid: RequestId, seed: u8) -> WritePair {
+    let p = params();
+    let mut rng = dpf::SeededRandom::new([seed; 32]);
+    let (k1a, _) =
+        dpf::WriteKey::r#gen(p.domain_bits, 32, 20, &payload(&p, 0x22), &mut rng).expect("gen");
+    let (_, k2b) =
+        dpf::WriteKey::r#gen(p.domain_bits, 32, 30, &payload(&p, 0x33), &mut rng).expect("gen");
+    cheat.write_from_keys(&p, round, rid, &k1a, &k2b, 20, &payload(&p, 0x22))
+}
+
 #[test]
 fn a_malformed_key_pair_fails_the_audit_and_changes_nothing() {
     let p = params();
@@ -656,13 +668,7 @@ fn a_malformed_key_pair_fails_the_audit_and_changes_nothing() {
     net.register(&honest);
     net.register(&cheat);
     let wh = honest.write(&p, 0, id(1), 9, &payload(&p, 0x11), 1);
-    // Halves of two different key pairs (different payload and slot), each signed correctly.
-    let mut rng = dpf::SeededRandom::new([77; 32]);
-    let (k1a, _k1b) =
-        dpf::WriteKey::r#gen(p.domain_bits, 32, 20, &payload(&p, 0x22), &mut rng).expect("gen");
-    let (_k2a, k2b) =
-        dpf::WriteKey::r#gen(p.domain_bits, 32, 30, &payload(&p, 0x33), &mut rng).expect("gen");
-    let wc = cheat.write_from_keys(&p, 0, id(2), &k1a, &k2b, 20, &payload(&p, 0x22));
+    let wc = malformed_write(&cheat, 0, id(2), 77);
     net.write_and_commit(at(0, 60), &wh);
     net.write_and_commit(at(0, 61), &wc);
     net.run(at(0, 100), at(0, 950));
@@ -691,14 +697,7 @@ fn a_round_is_audited_under_the_early_challenge_only_when_both_servers_held_it()
     let cheat = TestClient::new(17);
     net.register(&honest);
     net.register(&cheat);
-    let malformed = |round: u64, n: u8| {
-        let mut rng = dpf::SeededRandom::new([n; 32]);
-        let (k1a, _) =
-            dpf::WriteKey::r#gen(p.domain_bits, 32, 20, &payload(&p, 0x22), &mut rng).expect("gen");
-        let (_, k2b) =
-            dpf::WriteKey::r#gen(p.domain_bits, 32, 30, &payload(&p, 0x33), &mut rng).expect("gen");
-        cheat.write_from_keys(&p, round, id(n), &k1a, &k2b, 20, &payload(&p, 0x22))
-    };
+    let malformed = |round: u64, n: u8| malformed_write(&cheat, round, id(n), n);
     // Round 0: no round before it, so the challenge is drawn at its own cutoff.
     net.write_and_commit(
         at(0, 60),
