@@ -236,7 +236,7 @@ fn main() {
             half_hash: [4; 32],
         }],
         committed: vec![[3; 16]],
-        early_challenge: true,
+        early_challenge: Some([5; 16]),
     };
     let audit = AuditMessage {
         round: 4,

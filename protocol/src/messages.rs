@@ -524,11 +524,12 @@ pub struct SetsMessage {
     pub received: Vec<ReceivedWrite>,
     /// Ids for which the sender holds the receiver's receipt, sorted.
     pub committed: Vec<RequestId>,
-    /// The sender held both servers' nonces of round `round - 1` when it froze this round:
-    /// if both senders say so, the round is audited under the challenge drawn from those
-    /// nonces, which the servers knew (and clients did not) before the round's writes came
-    /// in, so each write can be audited as it arrives (docs/protocol.md §3.2).
-    pub early_challenge: bool,
+    /// The round's early audit challenge as the sender derived it from both servers' nonces of
+    /// round `round - 1` when it froze this round (`None` if it did not hold both). The round
+    /// is audited under it only if both senders name the same one (docs/protocol.md §3.3,
+    /// *Early challenge*); the servers knew it, and clients did not, before the round's writes
+    /// came in, so each write can be audited as it arrives.
+    pub early_challenge: Option<[u8; 16]>,
 }
 
 /// One audit value.

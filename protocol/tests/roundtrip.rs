@@ -92,7 +92,7 @@ prop_compose! {
             0..6,
         ),
         committed in prop::collection::vec(any::<[u8; 16]>(), 0..6),
-        early_challenge in any::<bool>(),
+        early_challenge in prop::option::of(any::<[u8; 16]>()),
     ) -> SetsMessage {
         SetsMessage { round, from, nonce, received, committed, early_challenge }
     }

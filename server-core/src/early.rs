@@ -162,15 +162,15 @@ impl EarlyApply {
     pub fn take(&self, round: u64) -> Option<Early> {
         let (m, cv) = &*self.state;
         let mut s = lock(m);
-        if let Some(r) = s.rounds.get_mut(&round) {
-            r.taken = true;
-        }
+        // The entry stays, marked taken, until the round is forgotten: a write handed over
+        // later is skipped rather than applied to a fresh share nobody will take.
+        s.rounds.entry(round).or_default().taken = true;
         while s.rounds.get(&round).is_some_and(|r| r.queued > 0) {
             s = cv.wait(s).unwrap_or_else(|p| p.into_inner());
         }
         s.rounds
-            .remove(&round)
-            .map(|r| r.early)
+            .get_mut(&round)
+            .map(|r| std::mem::take(&mut r.early))
             .filter(|e| !e.applied.is_empty())
     }
 
@@ -394,7 +394,13 @@ mod tests {
         early.forget_below(2);
         early.push(1, [3; 16], a.encode(), vec![]);
         assert!(early.take(1).is_none(), "round 1 is closed");
+        // (A take skips what is still queued: wait for the worker first.)
+        early.wait_applied(2);
         let two = early.take(2).expect("round 2 kept");
         assert_eq!(two.applied.len(), 1);
+        // A write handed over after its round was taken is not applied.
+        early.push(2, [4; 16], a.encode(), vec![]);
+        early.wait_applied(2);
+        assert!(early.take(2).is_none(), "nothing applied after the take");
     }
 }

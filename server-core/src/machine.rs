@@ -78,7 +78,7 @@ pub enum Action {
     /// The audit challenge of `round` is known before its writes arrive (drawn from round
     /// `round - 1`'s nonces, [`early_challenge`]): writes of that round may be audited as
     /// they are applied early ([`crate::early`]). Whether the round is audited under it is
-    /// decided at SETS by both servers' `early_challenge` flags.
+    /// decided at SETS: both servers' frozen views must name the same one.
     EarlyChallenge {
         /// The round.
         round: u64,
@@ -1079,7 +1079,7 @@ impl Machine {
                     })
                     .collect(),
                 committed: st.commits.keys().copied().collect(),
-                early_challenge: early_challenge.is_some(),
+                early_challenge,
             };
             st.frozen = Some(frozen.clone());
             actions.push(Action::Persist {
@@ -1180,9 +1180,10 @@ impl Machine {
                 slot_len: p.slot_len as usize,
                 domain_bits: p.domain_bits,
                 // Both servers decide alike from the two frozen views: the early challenge if
-                // both held it at CUTOFF, else the one drawn from this round's nonces.
-                challenge: early_challenge
-                    .filter(|_| own.early_challenge && peer.early_challenge)
+                // both named the same one at CUTOFF, else the one drawn from this round's nonces.
+                challenge: own
+                    .early_challenge
+                    .filter(|c| peer.early_challenge == Some(*c))
                     .unwrap_or_else(|| challenge(round, &na, &nb)),
                 writes,
             }));

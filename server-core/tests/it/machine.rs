@@ -964,7 +964,7 @@ fn equivocating_peer_messages_abandon() {
         nonce: [9; 32],
         received: vec![],
         committed: vec![],
-        early_challenge: false,
+        early_challenge: None,
     };
     let (_, actions) = net
         .b
@@ -984,7 +984,7 @@ fn equivocating_peer_messages_abandon() {
         nonce: [0; 32],
         received: vec![],
         committed: vec![],
-        early_challenge: false,
+        early_challenge: None,
     };
     assert_eq!(
         net.b
@@ -1126,7 +1126,7 @@ fn sets_that_arrive_before_the_cutoff_beyond_the_clock_skew_abandon_the_round() 
         nonce: [7; 32],
         received: vec![],
         committed: vec![],
-        early_challenge: false,
+        early_challenge: None,
     };
     let (_, actions) = net
         .b
