@@ -263,7 +263,8 @@ impl Store {
         };
         for (_, path) in batches {
             let bytes = std::fs::read(&path).map_err(io_err(&path))?;
-            match decode_record(&bytes).and_then(|p| decode_batch(&p)) {
+            // The file and one copy of its records are in memory at once, not more.
+            match record_payload(&bytes).and_then(decode_batch) {
                 Some(entries) => out.records.extend(entries),
                 None => out.corrupt.push(path.display().to_string()),
             }
@@ -426,6 +427,11 @@ fn valid_name(name: &str) -> bool {
 /// The payload of a whole record file, or `None` if its magic, length or checksum is wrong.
 /// Allocates only the payload, whose length is that of the input.
 pub fn decode_record(bytes: &[u8]) -> Option<Vec<u8>> {
+    record_payload(bytes).map(<[u8]>::to_vec)
+}
+
+/// [`decode_record`] without the copy: the payload inside `bytes`.
+fn record_payload(bytes: &[u8]) -> Option<&[u8]> {
     if bytes.len() < HEADER || &bytes[..8] != MAGIC {
         return None;
     }
@@ -435,7 +441,7 @@ pub fn decode_record(bytes: &[u8]) -> Option<Vec<u8>> {
     if payload.len() as u64 != len || Sha256::digest(payload).as_slice() != digest {
         return None;
     }
-    Some(payload.to_vec())
+    Some(payload)
 }
 
 #[cfg(test)]
