@@ -58,6 +58,23 @@ pub enum ComputeError {
 /// Writes evaluated between two checks for cancellation.
 const CANCEL_CHUNK: usize = 32;
 
+/// Calls `f` on runs of [`CANCEL_CHUNK`] writes and concatenates the audit values; `None` as
+/// soon as `cancelled()` says so before a run.
+fn in_chunks<'a>(
+    writes: &[(&'a dpf::WriteKey, &'a [u8])],
+    cancelled: &(dyn Fn() -> bool + Sync),
+    mut f: impl FnMut(&[(&'a dpf::WriteKey, &'a [u8])]) -> Vec<[u8; 32]>,
+) -> Option<Vec<[u8; 32]>> {
+    let mut vals = Vec::with_capacity(writes.len());
+    for chunk in writes.chunks(CANCEL_CHUNK) {
+        if cancelled() {
+            return None;
+        }
+        vals.extend(f(chunk));
+    }
+    Some(vals)
+}
+
 /// How many worker threads to use for a kernel.
 pub fn worker_count() -> usize {
     std::thread::available_parallelism()
@@ -116,19 +133,15 @@ pub fn run_audit_until(
             }
         }
         let writes: Vec<(&dpf::WriteKey, &[u8])> = pairs.iter().map(|(_, k, c)| (*k, *c)).collect();
-        let mut vals = Vec::with_capacity(writes.len());
-        for chunk in writes.chunks(CANCEL_CHUNK) {
-            if cancelled() {
-                return None;
-            }
-            vals.extend(dpf::write_accumulate_audited(
+        let vals = in_chunks(&writes, cancelled, |chunk| {
+            dpf::write_accumulate_audited(
                 &mut arr,
                 job.slot_len,
                 chunk,
                 party(job.role),
                 &dpf::AuditChallenge(job.challenge),
-            ));
-        }
+            )
+        })?;
         out.extend(pairs.iter().map(|p| p.0).zip(vals));
         Some((arr, out))
     })?
@@ -220,37 +233,34 @@ pub fn run_audit_with_early_until(
         .collect();
     remove_writes(&mut share, job.slot_len, &stale, job.role);
     // Applied and audited early under this round's challenge: nothing left to do.
-    let audited_early =
-        |id: &RequestId| early.challenge == Some(job.challenge) && early.values.contains_key(id);
-    if early.challenge == Some(job.challenge) {
-        values.extend(
-            job.writes
-                .iter()
-                .filter_map(|(id, _, _)| early.values.get(id).map(|v| (*id, *v))),
-        );
-    }
+    let no_values = HashMap::new();
+    let early_values = match early.challenge == Some(job.challenge) {
+        true => &early.values,
+        false => &no_values,
+    };
+    values.extend(
+        job.writes
+            .iter()
+            .filter_map(|(id, _, _)| early_values.get(id).map(|v| (*id, *v))),
+    );
     // Applied early (not audited) and accepted: audited only, keys split over the workers.
     let audited: Vec<(RequestId, dpf::WriteKey, &[u8])> = job
         .writes
         .iter()
-        .filter(|w| is_early(&w.0) && !audited_early(&w.0))
+        .filter(|w| is_early(&w.0) && !early_values.contains_key(&w.0))
         .filter_map(|(id, k, ctx)| decode(k).map(|d| (*id, d, ctx.as_slice())))
         .collect();
     let parts = in_threads(&audited, threads, |part| {
         let writes: Vec<(&dpf::WriteKey, &[u8])> = part.iter().map(|(_, k, c)| (k, *c)).collect();
-        let mut vals = Vec::with_capacity(writes.len());
-        for chunk in writes.chunks(CANCEL_CHUNK) {
-            if cancelled() {
-                return None;
-            }
-            vals.extend(dpf::write_audit(
+        let vals = in_chunks(&writes, cancelled, |chunk| {
+            dpf::write_audit(
                 job.n_slots,
                 job.slot_len,
                 chunk,
                 party(job.role),
                 &dpf::AuditChallenge(job.challenge),
-            ));
-        }
+            )
+        })?;
         Some(
             part.iter()
                 .map(|(id, _, _)| *id)

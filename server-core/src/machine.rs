@@ -1055,13 +1055,13 @@ impl Machine {
         if now >= p.at_offset_ms(round, p.publish_deadline_ms) {
             return self.abandon(round, AbandonReason::DeadlineMissed, false);
         }
-        // The early challenge of this round, if we hold both nonces of the round before.
-        let early_challenge = self.early_challenge_of(round);
         // CUTOFF: freeze.
         let cutoff = p
             .at_offset_ms(round, p.cutoff_ms)
             .saturating_sub(self.early_ms(round));
         if st.frozen.is_none() && now >= cutoff {
+            // The early challenge of this round, if we hold both nonces of the round before.
+            let early_challenge = self.early_challenge_of(round);
             let mut nonce = [0u8; 32];
             (self.rng)(&mut nonce);
             let st = self.rounds.entry(round).or_default();

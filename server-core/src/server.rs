@@ -726,7 +726,7 @@ fn execute(
                         let round = job.round;
                         let started = Instant::now();
                         let early = shared.early.clone();
-                        let p = *shared.machine().params();
+                        let p = shared.params;
                         let deadline = p.at_offset_ms(round, p.publish_deadline_ms);
                         let res = tokio::task::spawn_blocking(move || {
                             let applied = early.take(job.round);
