@@ -241,7 +241,7 @@ impl Mac {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -276,9 +276,23 @@ mod tests {
         }
     }
 
+    /// Runs `check` on the widest kernels of this CPU, then, where the CPU has them, on the
+    /// 256-bit VAES kernels (which an AVX-512 CPU would otherwise never run).
+    pub(crate) fn on_every_kernel_width(check: impl Fn()) {
+        check();
+        #[cfg(target_arch = "x86_64")]
+        if simd::has_vaes256() {
+            simd::with_vaes256(check);
+        }
+    }
+
     #[test]
     fn vaes_agrees_with_portable() {
         // On a CPU without VAES both sides are the portable path and this checks nothing new.
+        on_every_kernel_width(vaes_agrees_with_portable_here);
+    }
+
+    fn vaes_agrees_with_portable_here() {
         for domain in [Domain::Left, Domain::Payload, Domain::ProofHi] {
             let h = Hash::get(domain);
             for len in [0usize, 1, 3, 4, 5, 15, 16, 17, 63, 64, 65, 200] {
@@ -299,6 +313,10 @@ mod tests {
 
     #[test]
     fn vaes_mac_agrees_with_portable() {
+        on_every_kernel_width(vaes_mac_agrees_with_portable_here);
+    }
+
+    fn vaes_mac_agrees_with_portable_here() {
         let mac = Mac::new([0x42; 16]);
         for len in [0usize, 1, 15, 16, 17, 100] {
             let lo: Vec<u128> = (0..len as u128)

@@ -1,5 +1,6 @@
-//! Hand-written x86-64 kernels (VAES + AVX-512 fixed-key hash, AVX-512 / AVX2 masked XOR), with
-//! run-time detection and the portable code of `prg.rs` and `read.rs` as the fallback.
+//! Hand-written x86-64 kernels (VAES fixed-key hash on AVX-512 or, without it, on 256-bit AVX2
+//! registers; AVX-512 / AVX2 masked XOR), with run-time detection and the portable code of
+//! `prg.rs` and `read.rs` as the fallback.
 //!
 //! This is the only module of the crate with `unsafe` code: unaligned vector loads and stores
 //! within slice bounds checked by the loops, and calls to `#[target_feature]` functions after
@@ -24,6 +25,40 @@ mod x86 {
                 && std::is_x86_feature_detected!("vaes")
                 && std::is_x86_feature_detected!("aes")
         })
+    }
+
+    /// Whether the CPU has VAES on 256-bit registers (AVX2 class, e.g. without AVX-512).
+    pub(crate) fn has_vaes256() -> bool {
+        static V: OnceLock<bool> = OnceLock::new();
+        *V.get_or_init(|| {
+            std::is_x86_feature_detected!("avx2")
+                && std::is_x86_feature_detected!("vaes")
+                && std::is_x86_feature_detected!("aes")
+        })
+    }
+
+    #[cfg(test)]
+    thread_local! {
+        static FORCE_256: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// Runs `f` with the 256-bit VAES kernels even on an AVX-512 CPU (this thread only), so
+    /// tests check both widths against the portable code wherever they run.
+    #[cfg(test)]
+    pub(crate) fn with_vaes256<R>(f: impl FnOnce() -> R) -> R {
+        FORCE_256.with(|c| c.set(true));
+        let r = f();
+        FORCE_256.with(|c| c.set(false));
+        r
+    }
+
+    /// Whether the AES kernels take the AVX-512 path (else the 256-bit one).
+    fn use_512() -> bool {
+        #[cfg(test)]
+        if FORCE_256.with(|c| c.get()) {
+            return false;
+        }
+        has_vaes512()
     }
 
     /// Whether the PIR kernels' AVX-512 path (VAES-class CPU with AVX-512BW) is there.
@@ -66,8 +101,8 @@ mod x86 {
 
     /// The AES-128 key schedule, if the CPU has VAES (the only user of these keys).
     pub(crate) fn expand_key(key: [u8; 16]) -> Option<RoundKeys> {
-        if has_vaes512() {
-            // SAFETY: AES-NI is present (checked by `has_vaes512`).
+        if has_vaes512() || has_vaes256() {
+            // SAFETY: AES-NI is present (checked by both).
             Some(unsafe { expand_key_ni(key) })
         } else {
             None
@@ -201,9 +236,14 @@ mod x86 {
     }
 
     pub(crate) fn cbc2_xor_sum(rk: &RoundKeys, lo: &[u128], hi: &[u128]) -> u128 {
-        debug_assert!(has_vaes512());
-        // SAFETY: `RoundKeys` exist only when `has_vaes512()` held.
-        unsafe { cbc2_xor_sum_vaes512(rk, lo, hi) }
+        if use_512() {
+            // SAFETY: AVX-512 VAES detected.
+            unsafe { cbc2_xor_sum_vaes512(rk, lo, hi) }
+        } else {
+            debug_assert!(has_vaes256());
+            // SAFETY: `RoundKeys` exist only when one of the two VAES levels was detected.
+            unsafe { cbc2_xor_sum_vaes256(rk, lo, hi) }
+        }
     }
 
     /// The fused write kernel: for every leaf `i` with node `v`, XORs into slot `i` of `out`
@@ -290,19 +330,189 @@ mod x86 {
         cw: &[u128],
         out: &mut [u8],
     ) -> bool {
-        if !cw.len().is_multiple_of(4) || out.len() < nodes.len() * cw.len() * 16 {
+        let unit = if use_512() { 4 } else { 2 };
+        if !cw.len().is_multiple_of(unit) || out.len() < nodes.len() * cw.len() * 16 {
             return false;
         }
-        debug_assert!(has_vaes512());
-        // SAFETY: `RoundKeys` exist only when `has_vaes512()` held.
-        unsafe { payload_xor_vaes512(rk, nodes, salt, cw, out) };
+        if use_512() {
+            // SAFETY: AVX-512 VAES detected.
+            unsafe { payload_xor_vaes512(rk, nodes, salt, cw, out) };
+        } else {
+            debug_assert!(has_vaes256());
+            // SAFETY: `RoundKeys` exist only when one of the two VAES levels was detected.
+            unsafe { payload_xor_vaes256(rk, nodes, salt, cw, out) };
+        }
         true
     }
 
     pub(crate) fn mmo(rk: &RoundKeys, x: &mut [u128]) {
-        debug_assert!(has_vaes512());
-        // SAFETY: `RoundKeys` exist only when `has_vaes512()` held.
-        unsafe { mmo_vaes512(rk, x) }
+        if use_512() {
+            // SAFETY: AVX-512 VAES detected.
+            unsafe { mmo_vaes512(rk, x) }
+        } else {
+            debug_assert!(has_vaes256());
+            // SAFETY: `RoundKeys` exist only when one of the two VAES levels was detected.
+            unsafe { mmo_vaes256(rk, x) }
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // The same kernels on 256-bit registers (VAES without AVX-512): two blocks per register,
+    // eight registers (16 blocks) in flight to cover the AES latency.
+    // ---------------------------------------------------------------------------------------
+
+    /// One 16-byte block through `x = AES(sigma(x)) ^ sigma(x)` with AES-NI.
+    #[target_feature(enable = "aes,sse2")]
+    fn mmo1(rk: &RoundKeys, b: &mut u128) {
+        let p = (b as *mut u128).cast::<__m128i>();
+        // SAFETY: one u128 is 16 bytes.
+        let v = unsafe { _mm_loadu_si128(p) };
+        let y = _mm_xor_si128(
+            _mm_shuffle_epi32::<0x4E>(v),
+            _mm_and_si128(v, _mm_set_epi64x(-1, 0)),
+        );
+        // SAFETY: as above.
+        unsafe { _mm_storeu_si128(p, _mm_xor_si128(aes1(rk, y), y)) };
+    }
+
+    #[target_feature(enable = "avx2,vaes,aes")]
+    fn aes8(k: &[__m256i; 11], mut s: [__m256i; 8]) -> [__m256i; 8] {
+        for b in s.iter_mut() {
+            *b = _mm256_xor_si256(*b, k[0]);
+        }
+        for rk in &k[1..10] {
+            for b in s.iter_mut() {
+                *b = _mm256_aesenc_epi128(*b, *rk);
+            }
+        }
+        for b in s.iter_mut() {
+            *b = _mm256_aesenclast_epi128(*b, k[10]);
+        }
+        s
+    }
+
+    #[target_feature(enable = "avx2,vaes,aes")]
+    fn keys256(rk: &RoundKeys) -> [__m256i; 11] {
+        core::array::from_fn(|i| _mm256_broadcastsi128_si256(rk.0[i]))
+    }
+
+    /// [`mmo_vaes512`] on 256-bit registers.
+    #[target_feature(enable = "avx2,vaes,aes")]
+    fn mmo_vaes256(rk: &RoundKeys, x: &mut [u128]) {
+        let k = keys256(rk);
+        let hi = _mm256_set_epi64x(-1, 0, -1, 0);
+        let sigma =
+            |v: __m256i| _mm256_xor_si256(_mm256_shuffle_epi32::<0x4E>(v), _mm256_and_si256(v, hi));
+        let mut chunks = x.chunks_exact_mut(16);
+        for c in &mut chunks {
+            let p = c.as_mut_ptr().cast::<__m256i>();
+            // SAFETY: `c` is 16 u128 = 8 x 32 bytes; loads are unaligned.
+            let y: [__m256i; 8] =
+                core::array::from_fn(|i| sigma(unsafe { _mm256_loadu_si256(p.add(i)) }));
+            let s = aes8(&k, y);
+            for i in 0..8 {
+                // SAFETY: as above, within `c`.
+                unsafe { _mm256_storeu_si256(p.add(i), _mm256_xor_si256(s[i], y[i])) };
+            }
+        }
+        for b in chunks.into_remainder() {
+            mmo1(rk, b);
+        }
+    }
+
+    /// [`cbc2_xor_sum_vaes512`] on 256-bit registers.
+    #[target_feature(enable = "avx2,vaes,aes")]
+    fn cbc2_xor_sum_vaes256(rk: &RoundKeys, lo: &[u128], hi: &[u128]) -> u128 {
+        let k = keys256(rk);
+        let mut acc = _mm256_setzero_si256();
+        let n = lo.len().min(hi.len());
+        let full = n - n % 16;
+        for at in (0..full).step_by(16) {
+            let (l, h) = (&lo[at..at + 16], &hi[at..at + 16]);
+            let (pl, ph) = (l.as_ptr().cast::<__m256i>(), h.as_ptr().cast::<__m256i>());
+            // SAFETY: `l` and `h` are 16 u128 = 8 x 32 bytes each; unaligned loads.
+            let x: [__m256i; 8] =
+                core::array::from_fn(|i| unsafe { _mm256_loadu_si256(pl.add(i)) });
+            let s = aes8(&k, x);
+            // SAFETY: as above.
+            let y: [__m256i; 8] = core::array::from_fn(|i| {
+                _mm256_xor_si256(s[i], unsafe { _mm256_loadu_si256(ph.add(i)) })
+            });
+            for v in aes8(&k, y) {
+                acc = _mm256_xor_si256(acc, v);
+            }
+        }
+        let mut lanes = [0u128; 2];
+        // SAFETY: `lanes` is 32 writable bytes.
+        unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), acc) };
+        let mut sum = lanes[0] ^ lanes[1];
+        for i in full..n {
+            // SAFETY: each is one 16-byte u128.
+            let l = unsafe { _mm_loadu_si128((&lo[i] as *const u128).cast()) };
+            let h = unsafe { _mm_loadu_si128((&hi[i] as *const u128).cast()) };
+            let v = aes1(rk, _mm_xor_si128(aes1(rk, l), h));
+            let mut out = 0u128;
+            // SAFETY: `out` is 16 writable bytes.
+            unsafe { _mm_storeu_si128((&mut out as *mut u128).cast(), v) };
+            sum ^= out;
+        }
+        sum
+    }
+
+    /// [`payload_xor_vaes512`] on 256-bit registers. Requires `cw.len()` to be even.
+    #[target_feature(enable = "avx2,vaes,aes")]
+    fn payload_xor_vaes256(
+        rk: &RoundKeys,
+        nodes: &[u128],
+        salt: u128,
+        cw: &[u128],
+        out: &mut [u8],
+    ) {
+        let k = keys256(rk);
+        let pairs = cw.len() / 2;
+        let slot = cw.len() * 16;
+        // As in the 512-bit kernel: `sj` holds sigma(j) for the register's two block indices.
+        let sj0 = _mm256_set_epi64x(1, 0, 0, 0);
+        let inc = _mm256_set_epi64x(2, 0, 2, 0);
+        for (leaf, &v) in nodes.iter().enumerate() {
+            let base = (v & !1) ^ salt;
+            let sb = base.rotate_left(64) ^ (base & (u128::MAX << 64));
+            let sb =
+                _mm256_broadcastsi128_si256(_mm_set_epi64x((sb >> 64) as i64, sb as u64 as i64));
+            // All ones when the control bit is set: the correction applies (branch-free).
+            let m = _mm256_set1_epi64x(0i64.wrapping_sub((v & 1) as i64));
+            let dst = &mut out[leaf * slot..(leaf + 1) * slot];
+            let mut sj = sj0;
+            let mut g = 0;
+            while g < pairs {
+                // Eight registers in flight; a short tail repeats its last pair of correction
+                // words and stores only the real registers.
+                let n = (pairs - g).min(8);
+                let mut y = [_mm256_setzero_si256(); 8];
+                let mut c = [_mm256_setzero_si256(); 8];
+                for i in 0..8 {
+                    let gi = g + i.min(n - 1);
+                    y[i] = _mm256_xor_si256(sb, sj);
+                    let cw2 = &cw[2 * gi..2 * gi + 2];
+                    // SAFETY: `cw2` is 2 u128 = 32 readable bytes.
+                    c[i] = unsafe { _mm256_loadu_si256(cw2.as_ptr().cast()) };
+                    sj = _mm256_add_epi64(sj, inc);
+                }
+                let h = aes8(&k, y);
+                for i in 0..n {
+                    // y ^ (cw & m) ^ AES(y)
+                    let add =
+                        _mm256_xor_si256(_mm256_xor_si256(h[i], y[i]), _mm256_and_si256(c[i], m));
+                    let d = &mut dst[32 * (g + i)..32 * (g + i + 1)];
+                    // SAFETY: `d` is 32 bytes; unaligned load and store.
+                    unsafe {
+                        let x = _mm256_loadu_si256(d.as_ptr().cast());
+                        _mm256_storeu_si256(d.as_mut_ptr().cast(), _mm256_xor_si256(x, add));
+                    }
+                }
+                g += n;
+            }
+        }
     }
 
     #[target_feature(enable = "avx2")]
@@ -457,6 +667,8 @@ mod x86 {
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) use x86::{RoundKeys, cbc2_xor_sum, expand_key, mmo, payload_xor};
+#[cfg(all(test, target_arch = "x86_64"))]
+pub(crate) use x86::{has_vaes256, with_vaes256};
 
 /// `acc ^= row & m` bytewise (`m` is 0 or 0xff).
 #[inline(always)]

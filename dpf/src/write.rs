@@ -775,6 +775,10 @@ mod tests {
 
     #[test]
     fn fused_payload_kernel_agrees_with_portable() {
+        crate::prg::tests::on_every_kernel_width(fused_payload_kernel_agrees_with_portable_here);
+    }
+
+    fn fused_payload_kernel_agrees_with_portable_here() {
         let mut rng = SeededRandom::new([3; 32]);
         for l in [64usize, 256, 1024, 48] {
             let payload = vec![0xab; l];
