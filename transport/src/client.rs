@@ -90,8 +90,13 @@ impl HttpsClient {
     ///
     /// A request sent on a reused connection that the server had already closed is retried
     /// once on a fresh connection (every request of this protocol is idempotent).
-    pub async fn post(&self, path: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>), TransportError> {
-        let body = Bytes::from(body);
+    /// A `Bytes` body is sent without a copy, so a large body can be retried for free.
+    pub async fn post(
+        &self,
+        path: &str,
+        body: impl Into<Bytes>,
+    ) -> Result<(u16, Vec<u8>), TransportError> {
+        let body = body.into();
         if let Some(sender) = self.take_idle() {
             match self.exchange(sender, path, body.clone()).await {
                 Err(TransportError::Http(_)) => {}

@@ -37,6 +37,8 @@
 //! # Ok(()) }
 //! ```
 
+pub use bytes::Bytes;
+
 mod client;
 mod error;
 mod identity;

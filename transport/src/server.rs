@@ -2,7 +2,7 @@
 
 use crate::{Pin, pin_of};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::collections::HashMap;
@@ -350,6 +350,27 @@ async fn serve_conn<I, H, Fut>(
     }
 }
 
+enum BodyError {
+    TooLarge,
+    Read,
+}
+
+/// Reads a body of at most `max` bytes into one buffer of `capacity` bytes (the declared
+/// length, already checked against `max`).
+async fn read_body(mut body: Incoming, capacity: usize, max: usize) -> Result<Vec<u8>, BodyError> {
+    let mut out = Vec::with_capacity(capacity.min(max));
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| BodyError::Read)?;
+        if let Ok(data) = frame.into_data() {
+            if data.len() > max - out.len() {
+                return Err(BodyError::TooLarge);
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out)
+}
+
 async fn handle<H, Fut>(
     req: hyper::Request<Incoming>,
     client_pin: Option<Pin>,
@@ -373,22 +394,21 @@ where
     }
     let method = req.method().as_str().to_string();
     let path = req.uri().path().to_string();
+    // The declared length is bounded above, so it may size the buffer: one copy of the body
+    // out of hyper's read buffers, straight into the `Vec` the handler gets.
+    let capacity = declared.map_or(0, |len| len as usize);
     let body = match tokio::time::timeout(
         limits.read_timeout,
-        Limited::new(req.into_body(), max).collect(),
+        read_body(req.into_body(), capacity, max),
     )
     .await
     {
-        Ok(Ok(c)) => c.to_bytes().to_vec(),
-        Ok(Err(e)) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                ServerStats::add(&stats.bodies_too_large);
-                return Response::text(413, "request body too large");
-            }
-            return Response::text(400, "cannot read request body");
+        Ok(Ok(body)) => body,
+        Ok(Err(BodyError::TooLarge)) => {
+            ServerStats::add(&stats.bodies_too_large);
+            return Response::text(413, "request body too large");
         }
+        Ok(Err(BodyError::Read)) => return Response::text(400, "cannot read request body"),
         Err(_) => {
             ServerStats::add(&stats.body_timeouts);
             return Response::text(408, "request body timed out");
