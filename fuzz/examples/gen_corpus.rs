@@ -249,7 +249,7 @@ fn main() {
     let shares = SharesMessage {
         round: 4,
         from: Role::A,
-        data: vec![0x6b; 64],
+        data: vec![0x6b; 64].into(),
     };
     let hash = ArrayHashMessage {
         round: 4,
@@ -460,7 +460,7 @@ fn main() {
         codec::encode(&PeerMessage::Sets(sets.clone())),
         codec::encode(&PeerMessage::Audit(audit)),
         codec::encode(&PeerMessage::Shares(SharesMessage {
-            data: vec![0x6b; p.array_bytes() as usize],
+            data: vec![0x6b; p.array_bytes() as usize].into(),
             ..shares
         })),
         codec::encode(&PeerMessage::ArrayHash(hash)),

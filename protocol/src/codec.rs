@@ -80,6 +80,12 @@ pub(crate) fn decode_chunked_bytes<D: Decoder>(
     if len > max {
         return Err(DecodeError::Other("byte string longer than its bound"));
     }
+    // From a slice the bytes are all there to check: one exact allocation and one copy.
+    if let Some(bytes) = decoder.reader().peek_read(len) {
+        let out = bytes.to_vec();
+        decoder.reader().consume(len);
+        return Ok(out);
+    }
     const CHUNK: usize = 64 << 10;
     let mut out = Vec::with_capacity(len.min(CHUNK));
     let mut chunk = [0u8; CHUNK];

@@ -10,6 +10,7 @@ use bincode::de::Decoder;
 use bincode::enc::Encoder;
 use bincode::error::{DecodeError, EncodeError};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// An account: the account's Ed25519 public key.
 pub type AccountId = [u8; 32];
@@ -565,8 +566,8 @@ pub struct SharesMessage {
     pub round: u64,
     /// The sender.
     pub from: Role,
-    /// The share array.
-    pub data: Vec<u8>,
+    /// The share array (shared, so sending it needs no copy of the whole array).
+    pub data: Arc<Vec<u8>>,
 }
 
 impl std::fmt::Debug for SharesMessage {
@@ -583,7 +584,7 @@ impl bincode::Encode for SharesMessage {
     fn encode<E: Encoder>(&self, encoder: &mut E) -> Result<(), EncodeError> {
         self.round.encode(encoder)?;
         self.from.encode(encoder)?;
-        self.data.encode(encoder)
+        self.data.as_ref().encode(encoder)
     }
 }
 
@@ -591,7 +592,7 @@ impl<Ctx> bincode::Decode<Ctx> for SharesMessage {
     fn decode<D: Decoder<Context = Ctx>>(decoder: &mut D) -> Result<Self, DecodeError> {
         let round = u64::decode(decoder)?;
         let from = Role::decode(decoder)?;
-        let data = decode_chunked_bytes(decoder, MAX_SHARE_BYTES)?;
+        let data = Arc::new(decode_chunked_bytes(decoder, MAX_SHARE_BYTES)?);
         Ok(SharesMessage { round, from, data })
     }
 }

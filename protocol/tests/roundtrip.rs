@@ -113,7 +113,7 @@ prop_compose! {
 
 prop_compose! {
     fn shares()(round in any::<u64>(), from in role(), data in bytes(300)) -> SharesMessage {
-        SharesMessage { round, from, data }
+        SharesMessage { round, from, data: data.into() }
     }
 }
 

@@ -229,7 +229,7 @@ fn golden_bytes_for_every_wire_type() {
         &PeerMessage::Shares(SharesMessage {
             round: 3,
             from: Role::A,
-            data: vec![1, 2, 3, 4],
+            data: vec![1, 2, 3, 4].into(),
         }),
         GOLDEN_PEER_SHARES,
         &mut f,
@@ -291,7 +291,7 @@ fn lying_length_prefixes_fail_without_allocating() {
     let mut bytes = codec::encode(&PeerMessage::Shares(SharesMessage {
         round: 1,
         from: Role::A,
-        data: vec![1, 2, 3, 4],
+        data: vec![1, 2, 3, 4].into(),
     }));
     let at = 4 + 8 + 4;
     bytes[at..at + 8].copy_from_slice(&(200u64 << 20).to_le_bytes());
@@ -407,7 +407,7 @@ fn random_and_mutated_inputs_do_not_panic() {
         codec::encode(&PeerMessage::Shares(SharesMessage {
             round: 1,
             from: Role::A,
-            data: vec![7; 64],
+            data: vec![7; 64].into(),
         })),
         codec::encode(&RoundStatusResponse {
             round: 1,

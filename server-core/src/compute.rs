@@ -303,6 +303,11 @@ pub fn xor_into(dst: &mut [u8], src: &[u8]) {
     }
 }
 
+/// `a xor b` in a new buffer.
+pub fn xor_of(a: &[u8], b: &[u8]) -> Vec<u8> {
+    a.iter().zip(b).map(|(x, y)| x ^ y).collect()
+}
+
 /// Removes writes from a share array (XOR is its own inverse).
 pub fn remove_writes(share: &mut [u8], slot_len: usize, keys: &[dpf::WriteKey], role: Role) {
     let refs: Vec<&dpf::WriteKey> = keys.iter().collect();

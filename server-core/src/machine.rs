@@ -5,7 +5,7 @@
 //! [`Action`]s the shell carries out **in order** (a `Persist` before the `SendPeer` or the
 //! response that follows it). The machine never reads a clock, a socket or a file.
 
-use crate::compute::{AuditJob, AuditResult, remove_writes, xor_into};
+use crate::compute::{AuditJob, AuditResult, remove_writes, xor_into, xor_of};
 use crate::config::Registration;
 use crate::store::RecordKey;
 use protocol::{
@@ -186,13 +186,14 @@ struct RoundState {
     peer_sets: Option<SetsMessage>,
     accepted: Option<Vec<RequestId>>,
     audit_running: bool,
-    own_share: Option<Vec<u8>>,
+    /// Shared with the `Shares` message being sent, so sending needs no copy of the array.
+    own_share: Option<Arc<Vec<u8>>>,
     /// Failed writes removed from `own_share` and the share sent to the peer.
     share_final: bool,
     own_audit: Option<AuditMessage>,
     peer_audit: Option<AuditMessage>,
     passed: Option<Vec<RequestId>>,
-    peer_shares: Option<Vec<u8>>,
+    peer_shares: Option<Arc<Vec<u8>>>,
     array: Option<Arc<Vec<u8>>>,
     own_hash: Option<ArrayHashMessage>,
     peer_hash: Option<ArrayHashMessage>,
@@ -349,8 +350,8 @@ impl Machine {
             .values()
             .map(|s| {
                 len(s.array.as_ref().map(|a| a.len()))
-                    + len(s.own_share.as_ref().map(Vec::len))
-                    + len(s.peer_shares.as_ref().map(Vec::len))
+                    + len(s.own_share.as_ref().map(|a| a.len()))
+                    + len(s.peer_shares.as_ref().map(|a| a.len()))
             })
             .sum();
         rounds + len(self.zero.as_ref().map(|z| z.len()))
@@ -780,6 +781,18 @@ impl Machine {
         now: u64,
         msg: PeerMessage,
     ) -> Result<(PeerAck, Vec<Action>), ApiError> {
+        let encoded = Arc::new(codec::encode(&msg));
+        self.handle_peer_encoded(now, msg, encoded)
+    }
+
+    /// [`Machine::handle_peer`] for a message whose encoding is at hand (the request body it
+    /// was decoded from): that is what gets persisted, so a share array is not encoded again.
+    pub fn handle_peer_encoded(
+        &mut self,
+        now: u64,
+        msg: PeerMessage,
+        encoded: Arc<Vec<u8>>,
+    ) -> Result<(PeerAck, Vec<Action>), ApiError> {
         let peer = self.cfg.role.peer();
         let round = msg.round();
         if msg.from() != peer {
@@ -869,8 +882,6 @@ impl Machine {
         };
         let equivocated;
         let fresh;
-        // Encoded before the message is moved into the state (no copy of a share array).
-        let encoded = codec::encode(&msg);
         match msg {
             PeerMessage::Sets(m) => (fresh, equivocated) = store_once(&mut st.peer_sets, m),
             PeerMessage::Audit(m) => (fresh, equivocated) = store_once(&mut st.peer_audit, m),
@@ -887,7 +898,7 @@ impl Machine {
         if fresh {
             actions.push(Action::Persist {
                 key: RecordKey::round(round, name),
-                bytes: encoded.into(),
+                bytes: encoded,
             });
             actions.extend(self.advance(round, now));
         }
@@ -963,10 +974,10 @@ impl Machine {
                 st.state_lost = true;
             }
             Some(_) => {
-                st.own_share = Some(result.share);
+                st.own_share = Some(Arc::new(result.share));
             }
             None => {
-                st.own_share = Some(result.share);
+                st.own_share = Some(Arc::new(result.share));
                 st.own_audit = Some(msg.clone());
                 let wrapped = PeerMessage::Audit(msg);
                 actions.push(Action::Persist {
@@ -1218,8 +1229,16 @@ impl Machine {
                     dpf::WriteKey::decode(&w.req.key, p.domain_bits, p.slot_len as usize).ok()
                 })
                 .collect();
-            if let Some(share) = st.own_share.as_mut() {
-                remove_writes(share, p.slot_len as usize, &failed_keys, role);
+            if let Some(share) = st.own_share.as_mut()
+                && !failed_keys.is_empty()
+            {
+                // Not sent yet, so not shared: no copy.
+                remove_writes(
+                    Arc::make_mut(share).as_mut_slice(),
+                    p.slot_len as usize,
+                    &failed_keys,
+                    role,
+                );
             }
             if !failed.is_empty() {
                 actions.push(Action::Alarm {
@@ -1253,14 +1272,33 @@ impl Machine {
         if st.array.is_none()
             && st.share_final
             && st.peer_shares.is_some()
-            && let Some(mut m) = st.own_share.take()
+            && let (Some(own), Some(peer)) = (st.own_share.take(), &st.peer_shares)
         {
             // Our share is not needed any more (it was sent; a restart recomputes it), so M_r
-            // is computed in its buffer rather than in a copy of the whole array.
-            if let Some(peer) = &st.peer_shares {
-                xor_into(&mut m, peer);
+            // is computed in its buffer when the message being sent no longer holds it, else
+            // in one fresh buffer (never a copy followed by a second pass).
+            let m = match Arc::try_unwrap(own) {
+                Ok(mut m) => {
+                    xor_into(&mut m, peer);
+                    m
+                }
+                Err(own) => xor_of(&own, peer),
+            };
+            let array = Arc::new(m);
+            // Restored after a crash between our signed hash and M_r reaching the disk: the
+            // recomputed M_r must be the one we signed, and it is persisted now.
+            if let Some(h) = &st.own_hash {
+                if protocol::array_hash(&array) != h.array_hash {
+                    st.state_lost = true;
+                    actions.extend(self.abandon(round, AbandonReason::LocalStateLost, true));
+                    return actions;
+                }
+                actions.push(Action::Persist {
+                    key: RecordKey::round(round, "array"),
+                    bytes: array.clone(),
+                });
             }
-            st.array = Some(Arc::new(m));
+            st.array = Some(array);
         }
         if st.own_hash.is_none()
             && let (Some(array), Some(passed)) = (&st.array, &st.passed)
@@ -1275,20 +1313,28 @@ impl Machine {
                 accepted_digest: digest,
                 signature: protocol::sign(&self.cfg.signing_key, &text),
             };
-            actions.push(Action::Persist {
-                key: RecordKey::round(round, "array"),
-                bytes: array.clone(),
-            });
+            // The hash goes out before M_r is on disk: both shares that make M_r are (the
+            // peer's was persisted before it was acknowledged, ours is recomputed from the
+            // persisted writes), so after a crash here the same M_r, hash and signature are
+            // computed again. This takes one array write off the round's critical path. The
+            // outcome is queued after the array, so it never becomes durable first.
             let wrapped = PeerMessage::ArrayHash(msg.clone());
             actions.push(Action::Persist {
                 key: RecordKey::round(round, "own-hash"),
                 bytes: codec::encode(&wrapped).into(),
             });
             actions.push(Action::SendPeer(wrapped));
+            actions.push(Action::Persist {
+                key: RecordKey::round(round, "array"),
+                bytes: array.clone(),
+            });
             st.own_hash = Some(msg);
         }
-        // PUBLISHED or ABANDONED.
-        if let (Some(own), Some(peer), Some(_)) = (&st.own_hash, &st.peer_hash, &st.passed) {
+        // PUBLISHED or ABANDONED (only with M_r in hand: after a restart the signed hash may be
+        // back before the array is recomputed).
+        if let (Some(own), Some(peer), Some(_), Some(_)) =
+            (&st.own_hash, &st.peer_hash, &st.passed, &st.array)
+        {
             if own.array_hash == peer.array_hash && own.accepted_digest == peer.accepted_digest {
                 let passed = st.passed.clone().unwrap_or_default();
                 if protocol::accepted_digest(&passed) != own.accepted_digest {
@@ -1491,7 +1537,8 @@ impl Machine {
             }
             if let Some(h) = &st.own_hash {
                 actions.push(Action::SendPeer(PeerMessage::ArrayHash(h.clone())));
-                // The array is held; recompute the passed set from both audits for publishing.
+                // Recompute the passed set from both audits for publishing (the array is held,
+                // or recomputed from both shares if the crash came before it reached the disk).
                 if let (Some(own), Some(peer), None) = (&st.own_audit, &st.peer_audit, &st.passed) {
                     let peer_vals: HashMap<&RequestId, &[u8; 32]> = peer
                         .values

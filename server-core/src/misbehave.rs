@@ -73,7 +73,7 @@ impl Misbehave {
                 PeerMessage::Sets(m)
             }
             (Kind::TweakShare, PeerMessage::Shares(mut m)) if self.active(m.round) => {
-                if let Some(b) = m.data.first_mut() {
+                if let Some(b) = std::sync::Arc::make_mut(&mut m.data).first_mut() {
                     *b ^= 1;
                 }
                 PeerMessage::Shares(m)

@@ -824,8 +824,11 @@ fn execute(
 /// Delivers one peer message, retrying with backoff until acknowledged, the round is
 /// forgotten, or the server stops. `_pending` counts it as unacknowledged until it returns.
 async fn deliver(shared: Arc<Shared>, msg: PeerMessage, _pending: PendingDelivery) {
-    let body = codec::encode(&msg);
-    let round = msg.round();
+    // Encoded once; every retry sends the same bytes without copying them. The message is
+    // dropped here, so a share array it held is not kept alive by the delivery.
+    let body = transport::Bytes::from(codec::encode(&msg));
+    let (round, kind) = (msg.round(), msg.kind());
+    drop(msg);
     let mut backoff = Duration::from_millis(50);
     let mut stop = shared.stop.clone();
     loop {
@@ -842,7 +845,7 @@ async fn deliver(shared: Arc<Shared>, msg: PeerMessage, _pending: PendingDeliver
                     .metrics
                     .peer_messages_sent
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(round, kind = msg.kind(), "peer message delivered");
+                tracing::debug!(round, kind, "peer message delivered");
                 return;
             }
             Ok((status, resp)) => {
@@ -853,7 +856,7 @@ async fn deliver(shared: Arc<Shared>, msg: PeerMessage, _pending: PendingDeliver
                 let detail = codec::decode::<ErrorResponse>(&resp)
                     .map(|e| e.to_string())
                     .unwrap_or_default();
-                tracing::warn!(round, kind = msg.kind(), status, %detail, "peer refused message");
+                tracing::warn!(round, kind, status, %detail, "peer refused message");
                 // A refusal for malformed content will not change on retry.
                 if matches!(status, 400 | 401) {
                     return;
@@ -867,7 +870,7 @@ async fn deliver(shared: Arc<Shared>, msg: PeerMessage, _pending: PendingDeliver
                     .metrics
                     .peer_send_failures
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(round, kind = msg.kind(), error = %e, "peer unreachable, will retry");
+                tracing::debug!(round, kind, error = %e, "peer unreachable, will retry");
             }
         }
         tokio::select! {
@@ -1120,7 +1123,10 @@ async fn handle_peer(shared: Arc<Shared>, req: Request) -> Response {
         }
         let msg: PeerMessage = decode(&req.body)?;
         let kind = msg.kind();
-        let (ack, actions) = shared.machine().handle_peer(now_ms(), msg)?;
+        let (ack, actions) =
+            shared
+                .machine()
+                .handle_peer_encoded(now_ms(), msg, Arc::new(req.body))?;
         tracing::debug!(round = ack.round, kind, "peer message received");
         execute(shared.clone(), actions)
             .await

@@ -624,7 +624,7 @@ fn differing_array_hashes_abandon_the_round_and_reads_get_zeros() {
     net.write_and_commit(at(0, 60), &w);
     net.tamper = Some(Box::new(|from, m| {
         if let (Role::B, PeerMessage::Shares(s)) = (from, m) {
-            s.data[0] ^= 0xff;
+            std::sync::Arc::make_mut(&mut s.data)[0] ^= 0xff;
         }
         true
     }));
@@ -845,6 +845,41 @@ fn a_restart_at_every_step_still_publishes_the_same_round() {
                 net.b.alarms
             );
         }
+    }
+}
+
+#[test]
+fn a_crash_after_the_signed_hash_but_before_the_array_is_on_disk_recomputes_and_persists_it() {
+    // The signed hash is sent before M_r reaches the disk (one array write off the critical
+    // path); the outcome is queued after the array, so a crash in between leaves the hash
+    // durable and neither the array nor the outcome.
+    let p = params();
+    for who in [Role::A, Role::B] {
+        let mut net = Net::new();
+        let c = TestClient::new(16);
+        net.register(&c);
+        net.write_and_commit(at(0, 60), &c.write(&p, 0, id(1), 2, &payload(&p, 1), 1));
+        net.run(at(0, 100), at(0, 950));
+        let reference = published(&net.a, 0);
+        let n = net.node(who);
+        let key = |name: &str| RecordKey::round(0, name);
+        assert!(n.disk.contains_key(&key("own-hash")));
+        assert!(n.disk.remove(&key("array")).is_some());
+        assert!(n.disk.remove(&key("outcome")).is_some());
+        n.restart(at(1, 10), 77);
+        net.pump(at(1, 10));
+        net.run(at(1, 50), at(1, 700));
+        assert_eq!(published(net.node(who), 0), reference, "{who}");
+        let n = net.node(who);
+        assert!(
+            n.disk.contains_key(&key("array")),
+            "{who}: M_r persisted again"
+        );
+        assert!(n.alarms.is_empty(), "{who}: {:?}", n.alarms);
+        // And a second restart finds the round whole.
+        n.restart(at(1, 800), 78);
+        assert_eq!(published(n, 0), reference, "{who}");
+        assert!(n.m.published_array(0).is_some(), "{who}");
     }
 }
 
