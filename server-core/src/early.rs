@@ -50,6 +50,11 @@ struct State {
     rounds: BTreeMap<u64, Round>,
     /// Rounds below this are closed: late work for them is dropped.
     closed_below: u64,
+    /// Measured wall time to apply one write (nanoseconds, moving average; 0 until a write
+    /// was applied). Wall time, so it includes whatever else shares the cores.
+    write_ns: u64,
+    /// Writes admitted ([`EarlyApply::reserve`]) and not yet handed over or given up.
+    reserved: usize,
 }
 
 impl std::fmt::Debug for Early {
@@ -96,6 +101,8 @@ impl EarlyApply {
             Mutex::new(State {
                 rounds: BTreeMap::new(),
                 closed_below: 0,
+                write_ns: 0,
+                reserved: 0,
             }),
             Condvar::new(),
         ));
@@ -154,6 +161,39 @@ impl EarlyApply {
             }
             self.state.1.notify_all();
         }
+    }
+
+    /// Whether one more write can be applied, after everything already queued, within
+    /// `ms_left` milliseconds at the measured rate (one batch, until a rate is measured). The
+    /// server sheds writes that cannot: under overload a round then holds what the servers can
+    /// evaluate before its cutoff and is published, instead of every round missing its
+    /// deadline; the refused clients send again in a later round.
+    ///
+    /// An admitted write holds a [`Reservation`] until it is handed over with [`push`] (or
+    /// given up): a burst of requests that all pass admission before any is queued would
+    /// otherwise all be admitted.
+    ///
+    /// [`push`]: EarlyApply::push
+    pub fn reserve(&self, ms_left: u64) -> Option<Reservation> {
+        let mut s = lock(&self.state.0);
+        let queued: usize = s
+            .rounds
+            .values()
+            .filter(|r| !r.taken)
+            .map(|r| r.queued)
+            .sum();
+        if !fits(queued + s.reserved, s.write_ns, ms_left) {
+            return None;
+        }
+        s.reserved += 1;
+        Some(Reservation {
+            state: self.state.clone(),
+        })
+    }
+
+    /// The measured wall time to apply one write, in nanoseconds (0 until measured).
+    pub fn write_ns(&self) -> u64 {
+        lock(&self.state.0).write_ns
     }
 
     /// Stops applying writes of `round` (those still queued are skipped: the audit evaluates
@@ -235,6 +275,7 @@ fn apply(
                 .map(|d| (*id, d, k, ctx.as_slice()))
         })
         .collect();
+    let started = std::time::Instant::now();
     // Values computed under an earlier challenge (none is ever replaced) stay comparable.
     match challenge.filter(|c| early.challenge.is_none_or(|e| e == *c)) {
         Some(c) => {
@@ -261,6 +302,13 @@ fn apply(
         early.applied.insert(*id, (*k).clone());
     }
     let mut s = lock(m);
+    if !decoded.is_empty() {
+        let per_write = (started.elapsed().as_nanos() / decoded.len() as u128) as u64;
+        s.write_ns = match s.write_ns {
+            0 => per_write,
+            old => (old * 3 + per_write) / 4,
+        };
+    }
     let closed = round < s.closed_below;
     let r = s.rounds.entry(round).or_default();
     r.queued = r.queued.saturating_sub(group.len());
@@ -271,6 +319,36 @@ fn apply(
         s.rounds.remove(&round);
     }
     cv.notify_all();
+}
+
+/// An admitted write's place in the early worker's schedule (released when dropped: after the
+/// write was handed over, or when it was not accepted after all).
+pub struct Reservation {
+    state: Arc<(Mutex<State>, Condvar)>,
+}
+
+impl std::fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reservation")
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut s = lock(&self.state.0);
+        s.reserved = s.reserved.saturating_sub(1);
+    }
+}
+
+/// Whether `queued + 1` writes at `write_ns` each take at most `ms_left` milliseconds. Before
+/// any write was measured (`write_ns == 0`), one batch's worth is admitted: its application
+/// measures the rate.
+fn fits(queued: usize, write_ns: u64, ms_left: u64) -> bool {
+    if write_ns == 0 {
+        return queued < BATCH;
+    }
+    let need_ns = (queued as u128 + 1) * u128::from(write_ns);
+    need_ns <= u128::from(ms_left) * 1_000_000
 }
 
 #[cfg(test)]
@@ -351,6 +429,42 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_write_is_admitted_only_if_the_queue_and_it_fit_before_the_cutoff() {
+        // Nothing measured yet: one batch is admitted, whatever the time left.
+        assert!(fits(BATCH - 1, 0, 0));
+        assert!(!fits(BATCH, 0, 60_000));
+        // 10 writes of 10 ms fit in 100 ms, 11 do not; nothing fits in no time.
+        assert!(fits(9, 10_000_000, 100));
+        assert!(!fits(10, 10_000_000, 100));
+        assert!(!fits(0, 1, 0));
+        // No overflow at the extremes.
+        assert!(!fits(usize::MAX, u64::MAX, u64::MAX));
+
+        // The rate is measured from real applications.
+        let (n, l) = (10u32, 256usize);
+        let early = EarlyApply::start(Role::B, n, 1 << n, l);
+        assert_eq!(early.write_ns(), 0);
+        // Unmeasured: one batch, counting reservations not yet handed over.
+        let held: Vec<Reservation> = (0..BATCH).map_while(|_| early.reserve(0)).collect();
+        assert_eq!(held.len(), BATCH);
+        assert!(early.reserve(0).is_none(), "a burst is held to one batch");
+        drop(held);
+        let mut rng = SeededRandom::new([7; 32]);
+        for i in 0..4u8 {
+            let (_, b) =
+                dpf::WriteKey::r#gen(n, l, u64::from(i), &[i; 256], &mut rng).expect("gen");
+            early.push(5, [i; 16], b.encode(), vec![i; 8]);
+        }
+        early.wait_applied(5);
+        assert!(early.write_ns() > 0, "measured");
+        assert!(early.reserve(0).is_none(), "no time left");
+        assert!(
+            early.reserve(60_000).is_some(),
+            "a minute is plenty for one write of 2^10 slots"
+        );
     }
 
     #[test]

@@ -93,6 +93,8 @@ pub struct Metrics {
     pub alarms: AtomicU64,
     /// Writes accepted (receipts issued).
     pub writes_accepted: AtomicU64,
+    /// Fresh writes refused because the server could not evaluate them before the cutoff.
+    pub writes_shed: AtomicU64,
     /// Commits accepted.
     pub commits_accepted: AtomicU64,
     /// Read requests answered.
@@ -135,6 +137,7 @@ impl Default for Metrics {
             rounds_abandoned: AtomicU64::new(0),
             alarms: AtomicU64::new(0),
             writes_accepted: AtomicU64::new(0),
+            writes_shed: AtomicU64::new(0),
             commits_accepted: AtomicU64::new(0),
             reads_answered: AtomicU64::new(0),
             read_keys_answered: AtomicU64::new(0),
@@ -245,7 +248,7 @@ impl Metrics {
                 );
             }
         }
-        let simple: [(&str, &str, &AtomicU64); 18] = [
+        let simple: [(&str, &str, &AtomicU64); 19] = [
             (
                 "mpm_rounds_published_total",
                 "counter",
@@ -262,6 +265,7 @@ impl Metrics {
                 "counter",
                 &self.writes_accepted,
             ),
+            ("mpm_writes_shed_total", "counter", &self.writes_shed),
             (
                 "mpm_commits_accepted_total",
                 "counter",

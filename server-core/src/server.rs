@@ -730,6 +730,14 @@ fn execute(
                         let deadline = p.at_offset_ms(round, p.publish_deadline_ms);
                         let res = tokio::task::spawn_blocking(move || {
                             let applied = early.take(job.round);
+                            tracing::debug!(
+                                round,
+                                writes = job.writes.len(),
+                                applied_early = applied.as_ref().map_or(0, |e| e.applied.len()),
+                                audited_early = applied.as_ref().map_or(0, |e| e.values.len()),
+                                early_write_us = early.write_ns() / 1000,
+                                "audit started"
+                            );
                             // Past the deadline the round is abandoned whatever this computes.
                             let late = || now_ms() >= deadline;
                             run_audit_with_early_until(&job, applied, worker_count(), &late)
@@ -1043,7 +1051,7 @@ async fn client_request(
             let (round, id) = (w.round, w.request_id);
             let key = w.key.clone();
             let ctx = protocol::write_ctx(round, &id, &w.account);
-            let (receipt, actions) = {
+            let (receipt, actions, _reservation) = {
                 // New writes are refused once a shutdown began (an identical retry of one
                 // accepted before still gets its receipt: it needs no action).
                 let mut m = shared.machine();
@@ -1052,7 +1060,26 @@ async fn client_request(
                     m.rollback_write(round, &id);
                     return Err(shutting_down());
                 }
-                (receipt, actions)
+                // Load shedding: a fresh write this server cannot evaluate before the cutoff
+                // is refused (the client sends its message again in a later round), so an
+                // overloaded server still publishes full rounds instead of missing deadlines.
+                let p = shared.params;
+                let ms_left = p.at_offset_ms(round, p.cutoff_ms).saturating_sub(now);
+                let reservation = match actions.is_empty() {
+                    true => None,
+                    false => match shared.early.reserve(ms_left) {
+                        Some(r) => Some(r),
+                        None => {
+                            m.rollback_write(round, &id);
+                            shared.metrics.writes_shed.fetch_add(1, Ordering::Relaxed);
+                            return Err(api(
+                                ErrorCode::Unavailable,
+                                "at capacity for this round: send again in a later round",
+                            ));
+                        }
+                    },
+                };
+                (receipt, actions, reservation)
             };
             let fresh = !actions.is_empty();
             if let Err(e) = execute(shared.clone(), actions).await {
