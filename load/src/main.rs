@@ -106,6 +106,10 @@ struct RunArgs {
     min_delivery: f64,
 }
 
+/// The `serve` subcommand runs a server: same allocator as `server-a` and `server-b`.
+#[global_allocator]
+static ALLOC: server_core::alloc::ReuseLarge = server_core::alloc::ReuseLarge;
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -39,6 +39,7 @@
 //! # }
 //! ```
 
+pub mod alloc;
 pub mod cli;
 pub mod compute;
 pub mod config;
