@@ -277,12 +277,12 @@ pub(crate) mod tests {
     }
 
     /// Runs `check` on the widest kernels of this CPU, then, where the CPU has them, on the
-    /// 256-bit VAES kernels (which an AVX-512 CPU would otherwise never run).
+    /// 256-bit kernels (which an AVX-512 CPU would otherwise never run).
     pub(crate) fn on_every_kernel_width(check: impl Fn()) {
         check();
         #[cfg(target_arch = "x86_64")]
         if simd::has_vaes256() {
-            simd::with_vaes256(check);
+            simd::with_256_bit_kernels(check);
         }
     }
 

@@ -281,6 +281,10 @@ mod tests {
 
     #[test]
     fn mask_expansion_kernels_agree() {
+        crate::prg::tests::on_every_kernel_width(mask_expansion_kernels_agree_here);
+    }
+
+    fn mask_expansion_kernels_agree_here() {
         let mut rng = SeededRandom::new([7; 32]);
         for n in [0usize, 1, 63, 64, 65, 128, 200, 1024] {
             let mut raw = vec![0u8; n.div_ceil(128).max(1) * 16];
@@ -298,6 +302,10 @@ mod tests {
 
     #[test]
     fn pir_kernels_agree() {
+        crate::prg::tests::on_every_kernel_width(pir_kernels_agree_here);
+    }
+
+    fn pir_kernels_agree_here() {
         let mut rng = SeededRandom::new([5; 32]);
         for (rows, row_len, keys) in [
             (300usize, 48usize, 3usize),
@@ -306,6 +314,8 @@ mod tests {
             (64, 1000, 5),
             (200, 320, 13),
             (130, 16, 7),
+            (50, 1024, 6),
+            (33, 96, 12),
         ] {
             let mut db = vec![0u8; rows * row_len];
             rng.fill(&mut db);

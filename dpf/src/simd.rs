@@ -42,17 +42,17 @@ mod x86 {
         static FORCE_256: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }
 
-    /// Runs `f` with the 256-bit VAES kernels even on an AVX-512 CPU (this thread only), so
-    /// tests check both widths against the portable code wherever they run.
+    /// Runs `f` with the 256-bit kernels (VAES on ymm, AVX2 PIR) even on an AVX-512 CPU (this
+    /// thread only), so tests check both widths against the portable code wherever they run.
     #[cfg(test)]
-    pub(crate) fn with_vaes256<R>(f: impl FnOnce() -> R) -> R {
+    pub(crate) fn with_256_bit_kernels<R>(f: impl FnOnce() -> R) -> R {
         FORCE_256.with(|c| c.set(true));
         let r = f();
         FORCE_256.with(|c| c.set(false));
         r
     }
 
-    /// Whether the AES kernels take the AVX-512 path (else the 256-bit one).
+    /// Whether the kernels take their AVX-512 path (else the 256-bit one).
     fn use_512() -> bool {
         #[cfg(test)]
         if FORCE_256.with(|c| c.get()) {
@@ -65,6 +65,11 @@ mod x86 {
     fn has_avx512bw() -> bool {
         static V: OnceLock<bool> = OnceLock::new();
         *V.get_or_init(|| has_vaes512() && std::is_x86_feature_detected!("avx512bw"))
+    }
+
+    /// Whether the PIR kernels take the AVX-512 path (else AVX2, if present).
+    fn use_avx512bw() -> bool {
+        use_512() && has_avx512bw()
     }
 
     pub(crate) fn has_avx2() -> bool {
@@ -515,11 +520,6 @@ mod x86 {
         }
     }
 
-    #[target_feature(enable = "avx2")]
-    fn masked_xor_256(acc: &mut [u8], row: &[u8], m: u8) {
-        super::masked_xor_portable(acc, row, m)
-    }
-
     /// Register-blocked PIR loop for `G` keys and `S` 64-byte column stripes starting at byte
     /// `s0` of each row: the `G * S` accumulators stay in registers while every row streams
     /// past; each stripe of a row is loaded once and XORed into every accumulator under that
@@ -627,20 +627,135 @@ mod x86 {
     }
 
     pub(crate) fn expand_bits(bits: &[u128], out: &mut [u8]) -> bool {
-        if has_avx512bw() {
+        if use_avx512bw() {
             // SAFETY: features detected.
             unsafe { expand_bits_512(bits, out) };
+            true
+        } else if has_avx2() {
+            // SAFETY: feature detected.
+            unsafe { expand_bits_256(bits, out) };
             true
         } else {
             false
         }
     }
 
+    /// [`rows_512_block`] on AVX2: `G` keys and `S` 32-byte column stripes from byte `s0`, all
+    /// stripes inside the row. The mask byte is broadcast to a register and ANDed (no branch).
+    #[target_feature(enable = "avx2")]
+    fn rows_256_block<const G: usize, const S: usize>(
+        acc: &mut [Vec<u8>],
+        rows: &[u8],
+        row_len: usize,
+        s0: usize,
+        masks: &[u8],
+        mstride: usize,
+    ) {
+        let n = rows.len() / row_len;
+        assert!(acc.len() == G && G > 0 && masks.len() >= (G - 1) * mstride + n && mstride >= n);
+        assert!(s0 + 32 * S <= row_len && acc.iter().all(|a| a.len() >= row_len));
+        let mut a = [[_mm256_setzero_si256(); S]; G];
+        #[allow(clippy::needless_range_loop)]
+        for k in 0..G {
+            for j in 0..S {
+                // SAFETY: `s0 + 32 * (j + 1) <= row_len <= acc[k].len()` (asserted).
+                a[k][j] = unsafe { _mm256_loadu_si256(acc[k].as_ptr().add(s0 + 32 * j).cast()) };
+            }
+        }
+        for r in 0..n {
+            let row = &rows[r * row_len + s0..r * row_len + s0 + 32 * S];
+            // SAFETY: `row` is `32 * S` bytes.
+            let v: [__m256i; S] = core::array::from_fn(|j| unsafe {
+                _mm256_loadu_si256(row.as_ptr().add(32 * j).cast())
+            });
+            #[allow(clippy::needless_range_loop)]
+            for k in 0..G {
+                // SAFETY: `k * mstride + r < (G - 1) * mstride + n <= masks.len()` (asserted).
+                let m = _mm256_set1_epi8(unsafe { *masks.get_unchecked(k * mstride + r) } as i8);
+                for j in 0..S {
+                    a[k][j] = _mm256_xor_si256(a[k][j], _mm256_and_si256(v[j], m));
+                }
+            }
+        }
+        #[allow(clippy::needless_range_loop)]
+        for k in 0..G {
+            for j in 0..S {
+                // SAFETY: as for the loads.
+                unsafe {
+                    _mm256_storeu_si256(acc[k].as_mut_ptr().add(s0 + 32 * j).cast(), a[k][j])
+                };
+            }
+        }
+    }
+
+    /// The PIR row loop on AVX2: keys in groups of [`super::PIR_GROUP`], columns in pairs of
+    /// 32-byte stripes (12 accumulators, 2 row and 1 mask register of the 16), a row's last
+    /// `row_len % 32` bytes by the portable loop.
     #[target_feature(enable = "avx2")]
     fn rows_256(acc: &mut [Vec<u8>], rows: &[u8], row_len: usize, masks: &[u8], mstride: usize) {
-        super::rows_portable(acc, rows, row_len, masks, mstride, |a, r, m| {
-            masked_xor_256(a, r, m)
-        })
+        let full = row_len / 32;
+        for (g, accs) in acc.chunks_mut(super::PIR_GROUP).enumerate() {
+            let m = &masks[g * super::PIR_GROUP * mstride..];
+            for s in (0..full).step_by(2) {
+                let s0 = 32 * s;
+                macro_rules! sweep {
+                    ($g:literal) => {
+                        match full - s {
+                            1 => rows_256_block::<$g, 1>(accs, rows, row_len, s0, m, mstride),
+                            _ => rows_256_block::<$g, 2>(accs, rows, row_len, s0, m, mstride),
+                        }
+                    };
+                }
+                match accs.len() {
+                    1 => sweep!(1),
+                    2 => sweep!(2),
+                    3 => sweep!(3),
+                    4 => sweep!(4),
+                    5 => sweep!(5),
+                    _ => sweep!(6),
+                }
+            }
+            let t0 = full * 32;
+            if t0 < row_len {
+                for (r, row) in rows.chunks_exact(row_len).enumerate() {
+                    for (k, a) in accs.iter_mut().enumerate() {
+                        super::masked_xor_portable(&mut a[t0..], &row[t0..], m[k * mstride + r]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`expand_bits_512`] on AVX2: each 32-bit word of the bit string is broadcast, its byte
+    /// `i / 8` shuffled into output byte `i`, and bit `i % 8` of it compared to all ones.
+    #[target_feature(enable = "avx2")]
+    fn expand_bits_256(bits: &[u128], out: &mut [u8]) {
+        let pick = _mm256_setr_epi8(
+            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3,
+            3, 3, 3,
+        );
+        let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+        let words = bits.iter().flat_map(|b| {
+            [
+                *b as u32,
+                (*b >> 32) as u32,
+                (*b >> 64) as u32,
+                (*b >> 96) as u32,
+            ]
+        });
+        for (o, w) in out.chunks_mut(32).zip(words) {
+            let x = _mm256_shuffle_epi8(_mm256_set1_epi32(w as i32), pick);
+            let v = _mm256_cmpeq_epi8(_mm256_and_si256(x, bit), bit);
+            if o.len() == 32 {
+                // SAFETY: `o` is 32 writable bytes.
+                unsafe { _mm256_storeu_si256(o.as_mut_ptr().cast(), v) };
+            } else {
+                let mut t = [0u8; 32];
+                // SAFETY: `t` is 32 writable bytes.
+                unsafe { _mm256_storeu_si256(t.as_mut_ptr().cast(), v) };
+                o.copy_from_slice(&t[..o.len()]);
+            }
+        }
     }
 
     /// Dispatches the PIR row loop to the widest vector unit present.
@@ -651,7 +766,7 @@ mod x86 {
         masks: &[u8],
         mstride: usize,
     ) -> bool {
-        if has_avx512bw() {
+        if use_avx512bw() {
             // SAFETY: features detected.
             unsafe { rows_512(acc, rows, row_len, masks, mstride) };
             true
@@ -668,7 +783,7 @@ mod x86 {
 #[cfg(target_arch = "x86_64")]
 pub(crate) use x86::{RoundKeys, cbc2_xor_sum, expand_key, mmo, payload_xor};
 #[cfg(all(test, target_arch = "x86_64"))]
-pub(crate) use x86::{has_vaes256, with_vaes256};
+pub(crate) use x86::{has_vaes256, with_256_bit_kernels};
 
 /// `acc ^= row & m` bytewise (`m` is 0 or 0xff).
 #[inline(always)]
