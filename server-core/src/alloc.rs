@@ -4,7 +4,7 @@
 //! share, the peer's share as received and as decoded, the encoded message, `M_r`) and frees
 //! as many. Fresh pages are expensive: the kernel faults in and zeroes every 4 KiB page, and on
 //! a virtual machine the host may have to back it again. A profile of a round with no writes at
-//! 2^17 slots of 1 KiB spent about a quarter of both servers' CPU in page clearing alone. So
+//! 2^17 slots of 1 KiB found 27% of all CPU samples in page clearing alone. So
 //! blocks of at least [`LARGE`] bytes are kept when freed, up to [`CACHE_BYTES`] in all, and
 //! handed out again for an allocation of exactly the same size and alignment (zeroed with a
 //! plain `memset` when zeroed memory is asked for). Everything else goes to the system

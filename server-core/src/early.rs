@@ -50,9 +50,14 @@ struct State {
     rounds: BTreeMap<u64, Round>,
     /// Rounds below this are closed: late work for them is dropped.
     closed_below: u64,
-    /// Measured wall time to apply one write (nanoseconds, moving average; 0 until a write
-    /// was applied). Wall time, so it includes whatever else shares the cores.
+    /// Measured wall time to apply one write (nanoseconds; 0 until a write was applied): the
+    /// ratio of moving sums of batch times and batch sizes, so a batch counts by its size and
+    /// the few-write batches at the end of a window do not stand for the full ones of a
+    /// backlog. Wall time, so it includes whatever else shares the cores.
     write_ns: u64,
+    /// The moving sums behind `write_ns` (nanoseconds, writes).
+    sum_ns: f64,
+    sum_writes: f64,
     /// Writes admitted ([`EarlyApply::reserve`]) and not yet handed over or given up.
     reserved: usize,
 }
@@ -102,6 +107,8 @@ impl EarlyApply {
                 rounds: BTreeMap::new(),
                 closed_below: 0,
                 write_ns: 0,
+                sum_ns: 0.0,
+                sum_writes: 0.0,
                 reserved: 0,
             }),
             Condvar::new(),
@@ -111,6 +118,7 @@ impl EarlyApply {
         let spawned = std::thread::Builder::new()
             .name("early-apply".into())
             .spawn(move || {
+                calibrate(&st, role, domain_bits, slots, slot_len);
                 while let Ok(first) = rx.recv() {
                     let mut batch = vec![first];
                     while batch.len() < BATCH {
@@ -303,11 +311,10 @@ fn apply(
     }
     let mut s = lock(m);
     if !decoded.is_empty() {
-        let per_write = (started.elapsed().as_nanos() / decoded.len() as u128) as u64;
-        s.write_ns = match s.write_ns {
-            0 => per_write,
-            old => (old * 3 + per_write) / 4,
-        };
+        // Each batch keeps 3/4 of the weight of those before it.
+        s.sum_ns = s.sum_ns * 0.75 + started.elapsed().as_nanos() as f64;
+        s.sum_writes = s.sum_writes * 0.75 + decoded.len() as f64;
+        s.write_ns = (s.sum_ns / s.sum_writes).max(1.0) as u64;
     }
     let closed = round < s.closed_below;
     let r = s.rounds.entry(round).or_default();
@@ -319,6 +326,41 @@ fn apply(
         s.rounds.remove(&round);
     }
     cv.notify_all();
+}
+
+/// Measures the time to apply one write before the first real one arrives, so admission has a
+/// rate from the first round on: one throw-away write (a key pair of the server's parameters,
+/// from a fixed seed) applied and audited over a scratch array. One write per pass is the
+/// slowest case, so the first estimate errs on the side of admitting fewer.
+fn calibrate(
+    state: &(Mutex<State>, Condvar),
+    role: Role,
+    domain_bits: u32,
+    slots: usize,
+    slot_len: usize,
+) {
+    let mut rng = dpf::SeededRandom::new([0x5a; 32]);
+    let payload = vec![0u8; slot_len];
+    let Ok((a, b)) = dpf::WriteKey::r#gen(domain_bits, slot_len, 0, &payload, &mut rng) else {
+        return;
+    };
+    let key = if role == Role::A { a } else { b };
+    let mut scratch = vec![0u8; slots * slot_len];
+    let started = std::time::Instant::now();
+    dpf::write_accumulate_audited(
+        &mut scratch,
+        slot_len,
+        &[(&key, b"calibration".as_slice())],
+        party(role),
+        &dpf::AuditChallenge([0; 16]),
+    );
+    let ns = started.elapsed().as_nanos() as f64;
+    let mut s = lock(&state.0);
+    if s.sum_writes == 0.0 {
+        s.sum_ns = ns;
+        s.sum_writes = 1.0;
+        s.write_ns = ns.max(1.0) as u64;
+    }
 }
 
 /// An admitted write's place in the early worker's schedule (released when dropped: after the
@@ -446,12 +488,28 @@ mod tests {
         // The rate is measured from real applications.
         let (n, l) = (10u32, 256usize);
         let early = EarlyApply::start(Role::B, n, 1 << n, l);
-        assert_eq!(early.write_ns(), 0);
-        // Unmeasured: one batch, counting reservations not yet handed over.
-        let held: Vec<Reservation> = (0..BATCH).map_while(|_| early.reserve(0)).collect();
-        assert_eq!(held.len(), BATCH);
-        assert!(early.reserve(0).is_none(), "a burst is held to one batch");
+        // The worker measures one throw-away write when it starts.
+        let t = std::time::Instant::now();
+        while early.write_ns() == 0 && t.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(early.write_ns() > 0, "calibrated at start");
+        // Reservations not yet handed over count: a burst admitted within a time budget holds
+        // its places.
+        let per = early.write_ns();
+        let budget_ms = (per * 3).div_ceil(1_000_000);
+        let held: Vec<Reservation> = (0..1000).map_while(|_| early.reserve(budget_ms)).collect();
+        assert!(
+            !held.is_empty() && held.len() < 1000,
+            "{} admitted",
+            held.len()
+        );
+        assert!(
+            early.reserve(budget_ms).is_none(),
+            "the burst filled the budget"
+        );
         drop(held);
+        assert!(early.reserve(budget_ms).is_some(), "released when dropped");
         let mut rng = SeededRandom::new([7; 32]);
         for i in 0..4u8 {
             let (_, b) =

@@ -1060,11 +1060,15 @@ async fn client_request(
                     m.rollback_write(round, &id);
                     return Err(shutting_down());
                 }
-                // Load shedding: a fresh write this server cannot evaluate before the cutoff
-                // is refused (the client sends its message again in a later round), so an
-                // overloaded server still publishes full rounds instead of missing deadlines.
+                // Load shedding: a fresh write this server cannot evaluate in time is refused
+                // (the client sends its message again in a later round), so an overloaded
+                // server still publishes full rounds instead of missing deadlines. In time:
+                // the early worker's queue done a quarter of the close budget after the
+                // cutoff; the audit evaluates what is left over on every core, and the rest
+                // of the budget is for it, the exchange and publishing.
                 let p = shared.params;
-                let ms_left = p.at_offset_ms(round, p.cutoff_ms).saturating_sub(now);
+                let horizon = p.cutoff_ms + (p.publish_deadline_ms - p.cutoff_ms) / 4;
+                let ms_left = p.at_offset_ms(round, horizon).saturating_sub(now);
                 let reservation = match actions.is_empty() {
                     true => None,
                     false => match shared.early.reserve(ms_left) {
