@@ -201,6 +201,23 @@ mod x86 {
         _mm_aesenclast_si128(s, rk.0[10])
     }
 
+    /// [`cbc2_xor_sum_vaes512`] one block at a time with AES-NI (the kernels' remainders).
+    #[target_feature(enable = "aes,sse2")]
+    fn cbc2_xor_sum_one_by_one(rk: &RoundKeys, lo: &[u128], hi: &[u128]) -> u128 {
+        let mut sum = 0u128;
+        for (l, h) in lo.iter().zip(hi) {
+            // SAFETY: each is one 16-byte u128.
+            let l = unsafe { _mm_loadu_si128((l as *const u128).cast()) };
+            let h = unsafe { _mm_loadu_si128((h as *const u128).cast()) };
+            let v = aes1(rk, _mm_xor_si128(aes1(rk, l), h));
+            let mut out = 0u128;
+            // SAFETY: `out` is 16 writable bytes.
+            unsafe { _mm_storeu_si128((&mut out as *mut u128).cast(), v) };
+            sum ^= out;
+        }
+        sum
+    }
+
     /// XOR over `i` of `AES(AES(lo[i]) ^ hi[i])`.
     #[target_feature(enable = "avx512f,vaes,aes")]
     fn cbc2_xor_sum_vaes512(rk: &RoundKeys, lo: &[u128], hi: &[u128]) -> u128 {
@@ -226,18 +243,11 @@ mod x86 {
         let mut lanes = [0u128; 4];
         // SAFETY: `lanes` is 64 writable bytes.
         unsafe { _mm512_storeu_si512(lanes.as_mut_ptr().cast(), acc) };
-        let mut sum = lanes[0] ^ lanes[1] ^ lanes[2] ^ lanes[3];
-        for i in full..n {
-            // SAFETY: each is one 16-byte u128.
-            let l = unsafe { _mm_loadu_si128((&lo[i] as *const u128).cast()) };
-            let h = unsafe { _mm_loadu_si128((&hi[i] as *const u128).cast()) };
-            let v = aes1(rk, _mm_xor_si128(aes1(rk, l), h));
-            let mut out = 0u128;
-            // SAFETY: `out` is 16 writable bytes.
-            unsafe { _mm_storeu_si128((&mut out as *mut u128).cast(), v) };
-            sum ^= out;
-        }
-        sum
+        lanes[0]
+            ^ lanes[1]
+            ^ lanes[2]
+            ^ lanes[3]
+            ^ cbc2_xor_sum_one_by_one(rk, &lo[full..n], &hi[full..n])
     }
 
     pub(crate) fn cbc2_xor_sum(rk: &RoundKeys, lo: &[u128], hi: &[u128]) -> u128 {
@@ -450,18 +460,7 @@ mod x86 {
         let mut lanes = [0u128; 2];
         // SAFETY: `lanes` is 32 writable bytes.
         unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), acc) };
-        let mut sum = lanes[0] ^ lanes[1];
-        for i in full..n {
-            // SAFETY: each is one 16-byte u128.
-            let l = unsafe { _mm_loadu_si128((&lo[i] as *const u128).cast()) };
-            let h = unsafe { _mm_loadu_si128((&hi[i] as *const u128).cast()) };
-            let v = aes1(rk, _mm_xor_si128(aes1(rk, l), h));
-            let mut out = 0u128;
-            // SAFETY: `out` is 16 writable bytes.
-            unsafe { _mm_storeu_si128((&mut out as *mut u128).cast(), v) };
-            sum ^= out;
-        }
-        sum
+        lanes[0] ^ lanes[1] ^ cbc2_xor_sum_one_by_one(rk, &lo[full..n], &hi[full..n])
     }
 
     /// [`payload_xor_vaes512`] on 256-bit registers. Requires `cw.len()` to be even.
