@@ -160,19 +160,7 @@ mod x86 {
             };
         }
         for b in four.into_remainder() {
-            let p = (b as *mut u128).cast::<__m128i>();
-            // SAFETY: one u128 is 16 bytes.
-            let v = unsafe { _mm_loadu_si128(p) };
-            let y = _mm_xor_si128(
-                _mm_shuffle_epi32::<0x4E>(v),
-                _mm_and_si128(v, _mm_set_epi64x(-1, 0)),
-            );
-            let mut s = _mm_xor_si128(y, rk.0[0]);
-            for r in &rk.0[1..10] {
-                s = _mm_aesenc_si128(s, *r);
-            }
-            // SAFETY: as above.
-            unsafe { _mm_storeu_si128(p, _mm_xor_si128(_mm_aesenclast_si128(s, rk.0[10]), y)) };
+            mmo1(rk, b);
         }
     }
 
@@ -345,11 +333,12 @@ mod x86 {
         cw: &[u128],
         out: &mut [u8],
     ) -> bool {
-        let unit = if use_512() { 4 } else { 2 };
+        let wide = use_512();
+        let unit = if wide { 4 } else { 2 };
         if !cw.len().is_multiple_of(unit) || out.len() < nodes.len() * cw.len() * 16 {
             return false;
         }
-        if use_512() {
+        if wide {
             // SAFETY: AVX-512 VAES detected.
             unsafe { payload_xor_vaes512(rk, nodes, salt, cw, out) };
         } else {
@@ -376,7 +365,8 @@ mod x86 {
     // eight registers (16 blocks) in flight to cover the AES latency.
     // ---------------------------------------------------------------------------------------
 
-    /// One 16-byte block through `x = AES(sigma(x)) ^ sigma(x)` with AES-NI.
+    /// One 16-byte block through `x = AES(sigma(x)) ^ sigma(x)` with AES-NI (the remainders
+    /// of both widths' MMO kernels).
     #[target_feature(enable = "aes,sse2")]
     fn mmo1(rk: &RoundKeys, b: &mut u128) {
         let p = (b as *mut u128).cast::<__m128i>();

@@ -50,12 +50,10 @@ struct State {
     rounds: BTreeMap<u64, Round>,
     /// Rounds below this are closed: late work for them is dropped.
     closed_below: u64,
-    /// Measured wall time to apply one write (nanoseconds; 0 until a write was applied): the
-    /// ratio of moving sums of batch times and batch sizes, so a batch counts by its size and
-    /// the few-write batches at the end of a window do not stand for the full ones of a
-    /// backlog. Wall time, so it includes whatever else shares the cores.
-    write_ns: u64,
-    /// The moving sums behind `write_ns` (nanoseconds, writes).
+    /// Moving sums of batch wall times (nanoseconds) and batch sizes (writes): their ratio is
+    /// the time to apply one write ([`State::write_ns`]), so a batch counts by its size and the
+    /// few-write batches at the end of a window do not stand for the full ones of a backlog.
+    /// Wall time, so it includes whatever else shares the cores.
     sum_ns: f64,
     sum_writes: f64,
     /// Writes admitted ([`EarlyApply::reserve`]) and not yet handed over or given up.
@@ -95,6 +93,23 @@ type Job = (u64, RequestId, Vec<u8>, Vec<u8>);
 /// Writes applied in one pass over the array.
 const BATCH: usize = 32;
 
+impl State {
+    /// Adds a batch of `writes` applied in `ns` nanoseconds; each batch keeps 3/4 of the
+    /// weight of those before it.
+    fn record(&mut self, ns: f64, writes: usize) {
+        self.sum_ns = self.sum_ns * 0.75 + ns;
+        self.sum_writes = self.sum_writes * 0.75 + writes as f64;
+    }
+
+    /// The measured time to apply one write (nanoseconds; 0 until a write was applied).
+    fn write_ns(&self) -> u64 {
+        match self.sum_writes > 0.0 {
+            true => (self.sum_ns / self.sum_writes).max(1.0) as u64,
+            false => 0,
+        }
+    }
+}
+
 fn lock(s: &Mutex<State>) -> MutexGuard<'_, State> {
     s.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -106,7 +121,6 @@ impl EarlyApply {
             Mutex::new(State {
                 rounds: BTreeMap::new(),
                 closed_below: 0,
-                write_ns: 0,
                 sum_ns: 0.0,
                 sum_writes: 0.0,
                 reserved: 0,
@@ -190,7 +204,7 @@ impl EarlyApply {
             .filter(|r| !r.taken)
             .map(|r| r.queued)
             .sum();
-        if !fits(queued + s.reserved, s.write_ns, ms_left) {
+        if !fits(queued + s.reserved, s.write_ns(), ms_left) {
             return None;
         }
         s.reserved += 1;
@@ -201,7 +215,7 @@ impl EarlyApply {
 
     /// The measured wall time to apply one write, in nanoseconds (0 until measured).
     pub fn write_ns(&self) -> u64 {
-        lock(&self.state.0).write_ns
+        lock(&self.state.0).write_ns()
     }
 
     /// Stops applying writes of `round` (those still queued are skipped: the audit evaluates
@@ -311,10 +325,7 @@ fn apply(
     }
     let mut s = lock(m);
     if !decoded.is_empty() {
-        // Each batch keeps 3/4 of the weight of those before it.
-        s.sum_ns = s.sum_ns * 0.75 + started.elapsed().as_nanos() as f64;
-        s.sum_writes = s.sum_writes * 0.75 + decoded.len() as f64;
-        s.write_ns = (s.sum_ns / s.sum_writes).max(1.0) as u64;
+        s.record(started.elapsed().as_nanos() as f64, decoded.len());
     }
     let closed = round < s.closed_below;
     let r = s.rounds.entry(round).or_default();
@@ -356,10 +367,9 @@ fn calibrate(
     );
     let ns = started.elapsed().as_nanos() as f64;
     let mut s = lock(&state.0);
+    // A real batch that finished first is the better measure.
     if s.sum_writes == 0.0 {
-        s.sum_ns = ns;
-        s.sum_writes = 1.0;
-        s.write_ns = ns.max(1.0) as u64;
+        s.record(ns, 1);
     }
 }
 

@@ -1071,18 +1071,16 @@ async fn client_request(
                 let ms_left = p.at_offset_ms(round, horizon).saturating_sub(now);
                 let reservation = match actions.is_empty() {
                     true => None,
-                    false => match shared.early.reserve(ms_left) {
-                        Some(r) => Some(r),
-                        None => {
-                            m.rollback_write(round, &id);
-                            shared.metrics.writes_shed.fetch_add(1, Ordering::Relaxed);
-                            return Err(api(
-                                ErrorCode::Unavailable,
-                                "at capacity for this round: send again in a later round",
-                            ));
-                        }
-                    },
+                    false => shared.early.reserve(ms_left),
                 };
+                if !actions.is_empty() && reservation.is_none() {
+                    m.rollback_write(round, &id);
+                    shared.metrics.writes_shed.fetch_add(1, Ordering::Relaxed);
+                    return Err(api(
+                        ErrorCode::Unavailable,
+                        "at capacity for this round: send again in a later round",
+                    ));
+                }
                 (receipt, actions, reservation)
             };
             let fresh = !actions.is_empty();

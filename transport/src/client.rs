@@ -90,6 +90,7 @@ impl HttpsClient {
     ///
     /// A request sent on a reused connection that the server had already closed is retried
     /// once on a fresh connection (every request of this protocol is idempotent).
+    ///
     /// A `Bytes` body is sent without a copy, so a large body can be retried for free.
     pub async fn post(
         &self,
