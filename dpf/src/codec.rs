@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! read key : version=1 | kind=1 | n:u8 |              salt:16 | root:16 | levels | cw_out:16
-//! write key: version=1 | kind=2 | n:u8 | slot_len:u32 | salt:16 | root:16 | levels | cw_out:slot_len | cs:32
+//! write key: version=2 | kind=2 | n:u8 | slot_len:u32 | salt:16 | root:16 | levels | cw_out:slot_len | cs:64
 //! levels   : depth x (cw:16 | t_right:u8)      depth = max(n - 7, 0) for read keys, n for write keys
 //! ```
 //!
@@ -13,8 +13,11 @@
 use crate::DecodeError;
 use crate::tree::Tree;
 
-/// Format version of both key kinds.
-pub const VERSION: u8 = 1;
+/// Format version of read keys.
+pub const READ_VERSION: u8 = 1;
+/// Format version of write keys: 2 since the audit's leaf proofs became 512 bits, bound to
+/// their leaf through per-leaf keys (version 1's audit could be forged).
+pub const WRITE_VERSION: u8 = 2;
 pub(crate) const KIND_READ: u8 = 1;
 pub(crate) const KIND_WRITE: u8 = 2;
 pub(crate) const LEVEL_LEN: usize = 17;
@@ -65,12 +68,17 @@ impl<'a> Reader<'a> {
 
     pub(crate) fn header(&mut self, kind: u8, domain_bits: u32) -> Result<(), DecodeError> {
         let version = self.u8()?;
-        if version != VERSION {
-            return Err(DecodeError::Version(version));
-        }
         let k = self.u8()?;
         if k != kind {
             return Err(DecodeError::Kind(k));
+        }
+        let want = if kind == KIND_WRITE {
+            WRITE_VERSION
+        } else {
+            READ_VERSION
+        };
+        if version != want {
+            return Err(DecodeError::Version(version));
         }
         let n = self.u8()?;
         if u32::from(n) != domain_bits {

@@ -18,50 +18,92 @@
 //! `H_left((v & !1) ^ salt)` and `H_right((v & !1) ^ salt)`, corrected by the level's
 //! correction word when `t = 1`. `H_d(x) = AES_{k_d}(sigma(x)) ^ sigma(x)` is fixed-key AES in
 //! sigma-MMO form, a circular-correlation-robust hash (Guo-Katz-Wang-Yu 2020); each domain
-//! (left, right, read-leaf conversion, payload, two proof halves) has its own fixed key
+//! (left, right, read-leaf conversion, payload) has its own fixed key
 //! `SHA-256("mpm-dpf/v1/prg/" || name)[..16]`, and every key has a public random 128-bit salt
 //! XORed into every input for multi-instance security. Party A's root has `t = 0`, B's
 //! `t = 1`. Key generation is the BGI construction over the XOR group with the keep/lose choice
 //! made by masks, so it has no branch or memory index that depends on the point or payload.
 //!
-//! # The audit (verifiable DPF, de Castro-Polychroniadou 2022)
+//! # The audit (verifiable DPF, after de Castro-Polychroniadou 2022)
 //!
-//! A write key carries a proof correction word `cs` (256 bits). At leaf `x`, a party with leaf
-//! node `v` (seed and control bit) computes `pi = (H_proof_lo(u), H_proof_hi(u))` with
-//! `u = v ^ salt ^ (x << 64)`, and `pi~ = pi ^ t * cs`. Generation sets `cs = pi_A ^ pi_B` at
-//! the point, so for an honest pair `pi~_A = pi~_B` at every leaf: off the point the nodes are
-//! equal, on it the correction makes them equal.
+//! A write key (format version 2) carries a proof correction word `cs` of 512 bits. At leaf
+//! `x` a party with leaf node `v` (seed and control bit) computes the leaf proof
 //!
-//! Each server then reduces its proofs to `P = XOR_x F_c(x, pi~^x)`, where
-//! `F_c(x, lo, hi) = AES_c(AES_c(AES_c(x) ^ lo) ^ hi)` is a three-block CBC-MAC (a PRF on
-//! fixed-length inputs) under AES with key `c`, the challenge the servers draw together after
-//! every key of the round is fixed, and outputs
-//! `SHA-256("mpm-dpf/v1/audit" || P || public_hash(ctx))`. `public_hash` covers every public
-//! field of the half (version, domain, slot length, salt, every correction word and control
-//! correction, the output correction words, `cs`) and the caller's context, length-prefixed.
+//! `pi(x, v) = (DM_{x,0}(w), DM_{x,1}(w), DM_{x,2}(w), DM_{x,3}(w))`, with `w = v ^ salt` and
+//! `DM_{x,j}(w) = AES_{K(x,j)}(w) ^ w`,
 //!
-//! Soundness, informally: equal audit values imply, except with negligible probability,
-//! (1) equal public parts and contexts (SHA-256 collision resistance), so both halves use the
-//! same correction words; and (2) `pi~_A^x = pi~_B^x` at every leaf `x`. For (2): the MAC input
-//! includes the leaf index, so the inputs `(x, pi~_A^x)` and `(x, pi~_B^x)` of a leaf where
-//! the proofs differ appear nowhere else in either sum; the client fixed its keys before `c`
-//! existed, so `P_A ^ P_B` is then a XOR of PRF outputs on distinct inputs, zero with
-//! probability about `2^-128`. (An earlier version MACed only the proof and let a client swap
-//! equal proofs between two leaves; `write::tests::the_leaf_swap_forgery_is_rejected` keeps
-//! that forgery out.) From (2), at most one leaf has `v_A != v_B`: where the nodes differ with
-//! equal control bits the proofs differ unless `H_proof` collides; where the control bits
-//! differ, the proofs agree only if `H_proof(u_A) ^ H_proof(u_B) = cs`, a 256-bit condition on
-//! hash outputs at that leaf, which a client cannot meet at two leaves without a
-//! generalised-birthday search over 256-bit outputs (about `2^85` work; plausible, not proven
-//! here). Since a leaf's output is a function of its node and the shared correction words,
-//! leaves with equal nodes have equal output shares: the pair XORs to zero on every slot but at
-//! most one. The node hashed includes the control bit, so a leaf whose seeds agree but whose
-//! control bits differ (which would apply the output correction to one side only) is caught
-//! too.
+//! a Davies-Meyer hash under a key of its own for every leaf and block,
+//! `K(x, j) = AES_kd((j << 64) | x)` with the public fixed key
+//! `kd = SHA-256("mpm-dpf/v2/proof-key")[..16]`. `AES_kd` is a public permutation, so distinct
+//! `(x, j)` get distinct keys: the leaf enters the proof through the key and the node through
+//! the input, injectively (version 1 XORed the leaf index into the node, which let one
+//! correction word satisfy two leaves; `attacks::sibling_forgery` rebuilds that forgery and
+//! the tests check it is refused). The corrected proof is `pi~ = pi ^ t * cs`; generation sets
+//! `cs = pi(alpha, v_A) ^ pi(alpha, v_B)`, so for an honest pair `pi~_A = pi~_B` at every leaf.
 //!
-//! The audit adds two hash and two MAC blocks per leaf and key, plus one `AES_c(x)` per leaf
-//! shared by all keys, to the `slot_len / 16` payload blocks and about two tree blocks: for
-//! 256-byte slots about 22% more AES work.
+//! Each server reduces its proofs under the challenge `c` (an AES key the servers draw
+//! together after every key of the round is fixed) to
+//! `P = XOR over x and j of kappa(x, j) * pi~_j(x)`, where `kappa(x, j) = AES_c((j << 64) | x)`
+//! and `*` is the carry-less product of two 128-bit polynomials over GF(2), kept whole (255
+//! bits, so no modulus is involved). It outputs
+//! `SHA-256("mpm-dpf/v2/audit" || P || public_hash(ctx))`, where `public_hash` covers every
+//! public field of the half (version, domain, slot length, salt, every correction word and
+//! control correction, the output correction words, `cs`) and the caller's context,
+//! length-prefixed. The sum decomposes over any split of the domain into ranges, so workers
+//! that each evaluate a subtree can add their parts.
+//!
+//! ## Soundness against adversarial halves
+//!
+//! The client chooses both halves entirely: related or equal roots, the salt, every correction
+//! word. Claim: if the two audit values are equal, the two output shares differ in at most one
+//! slot, except with probability at most
+//!
+//! `Adv_coll(SHA-256) + Adv_prp(AES) + 1 / (2^128 - 2^(n+2)) + 2 q^4 / 2^512`
+//!
+//! for a client that made `q < 2^126` evaluations of the proof hash (AES modelled as an ideal
+//! cipher for the last term; `n` is the domain's bit count). For `q = 2^100` the last term is
+//! `2^-111`; it reaches 1 only near `q = 2^128`: 128-bit security against any offline search,
+//! generalised birthday (Wagner) included.
+//!
+//! 1. *Public parts.* Equal SHA-256 outputs mean equal `P` and equal `public_hash` (else a
+//!    collision), hence equal contexts and equal public fields: the halves differ in their
+//!    roots only, and share every correction word, `cw_out` and `cs`.
+//! 2. *Every leaf's proofs agree.* Let `d(x) = pi~_A(x) ^ pi~_B(x)`. By bilinearity
+//!    `P_A ^ P_B = XOR kappa(x, j) * d_j(x)`, and `d` is fixed before `c` exists. Replace
+//!    `AES_c` by a random permutation (`Adv_prp`). If some `d_j(x) != 0`, then given every other
+//!    coefficient, `kappa(x, j)` is uniform over at least `2^128 - 2^(n+2)` values, and
+//!    `k -> k * d_j(x)` is injective (`GF(2)[X]` has no zero divisors), so the sum is zero with
+//!    probability at most `1 / (2^128 - 2^(n+2))`. So equal audits mean `d(x) = 0` everywhere.
+//! 3. *At most one leaf differs.* Take a leaf where `v_A != v_B` (so `w_A != w_B`). If the
+//!    control bits are equal, `d(x) = 0` is `pi(x, v_A) = pi(x, v_B)`: a Davies-Meyer collision
+//!    under all four keys of leaf `x` at once. If they differ, it is
+//!    `pi(x, v_A) ^ pi(x, v_B) = cs`. Two leaves `x1 != x2` of the second kind need
+//!    `pi(x1, a1) ^ pi(x1, b1) ^ pi(x2, a2) ^ pi(x2, b2) = 0` on four distinct
+//!    (key, input) pairs (different leaves use different keys), and one leaf of each kind needs
+//!    a collision. In the ideal-cipher model the last of the four (or two) queries of any such
+//!    tuple answers uniformly in four independent permutations, so one tuple succeeds with
+//!    probability at most `(2^128 - q)^-4`; a union bound over at most `q^4` tuples gives the
+//!    last term. Whatever the tree, the salt or the roots, no search cheaper than that finds
+//!    two differing leaves, and the bound does not depend on how many proofs a client
+//!    precomputes across rounds.
+//! 4. *Outputs.* A leaf's output share is a function of its node and the shared `cw_out`, so
+//!    leaves with equal nodes (control bit included) have equal shares: the pair writes at most
+//!    one slot. (Neither the control bit nor the seed can differ alone, since `v` includes
+//!    both.)
+//!
+//! The best attack we know is far below that bound: the tree lets a client pick a parent whose
+//! two children are both "control bits differ" leaves, and a collision between one list per
+//! party (`f(r_A) = g(r_B, cw)`) gives a two-slot pair in about `2^256` evaluations.
+//! `write::tests::the_distinct_halves_birthday_attack_costs_what_the_argument_says` runs it at
+//! reduced widths (16 to 32 bits) and measures 4 to 10 times `2^(w/2)` evaluations. Identical
+//! halves (the version 1 forgery) give a server nothing to check beyond this argument; servers
+//! still refuse a write whose two halves hash the same, as a cheap second line.
+//!
+//! The audit adds, per leaf and key, four Davies-Meyer blocks under the leaf's keys and four
+//! carry-less products (on a different execution port from the AES rounds); per leaf and run of
+//! leaves, shared by every key of a batch, four key derivations, four key schedules and four
+//! coefficient blocks. At 1 KiB slots that is about a fifth more than the plain write; at
+//! 256-byte slots about two thirds (the compare example prints both).
 //!
 //! # Speed
 //!
@@ -89,15 +131,18 @@
 //! conditional branches are loop counters over public lengths; selections are `vpxorq` under a
 //! write mask or `vpternlogq` with a mask register), not with a statistical timing tool.
 
+#[doc(hidden)]
+pub mod attacks;
 mod codec;
 mod prg;
+mod proof;
 mod read;
 mod rng;
 mod simd;
 mod tree;
 mod write;
 
-pub use codec::VERSION;
+pub use codec::{READ_VERSION, WRITE_VERSION};
 pub use read::{LEAF_BITS, ReadKey, pir_answer};
 pub use rng::{OsRandom, RandomSource, SeededRandom};
 pub use write::{WriteKey, write_accumulate, write_accumulate_audited, write_audit};

@@ -35,13 +35,9 @@ pub(crate) enum Domain {
     Leaf = 2,
     /// Payload blocks of a write key.
     Payload = 3,
-    /// Low half of a write key's leaf proof.
-    ProofLo = 4,
-    /// High half of a write key's leaf proof.
-    ProofHi = 5,
 }
 
-const DOMAIN_LABELS: [&str; 6] = ["left", "right", "leaf", "payload", "proof-lo", "proof-hi"];
+const DOMAIN_LABELS: [&str; 4] = ["left", "right", "leaf", "payload"];
 
 /// sigma(hi || lo) = (hi ^ lo || hi): a linear orthomorphism.
 #[inline(always)]
@@ -68,7 +64,7 @@ impl Hash {
 
     /// Returns the hash for `domain`, built on first use.
     pub(crate) fn get(domain: Domain) -> &'static Hash {
-        static KEYS: OnceLock<[Hash; 6]> = OnceLock::new();
+        static KEYS: OnceLock<[Hash; 4]> = OnceLock::new();
         let keys = KEYS.get_or_init(|| {
             core::array::from_fn(|i| {
                 let digest = Sha256::new()
@@ -170,76 +166,6 @@ impl Hash {
     }
 }
 
-/// A keyed pseudo-random function for the audit: two-block CBC-MAC under a fresh random key
-/// (the servers' joint challenge), which the client does not know when it builds its keys.
-pub(crate) struct Mac {
-    cipher: Aes128,
-    #[cfg(target_arch = "x86_64")]
-    vaes: Option<simd::RoundKeys>,
-}
-
-impl Mac {
-    pub(crate) fn new(key: [u8; 16]) -> Mac {
-        Mac {
-            cipher: Aes128::new(&Array::from(key)),
-            #[cfg(target_arch = "x86_64")]
-            vaes: simd::expand_key(key),
-        }
-    }
-
-    /// `out[i] = AES_c(first + i)`: the first block of the three-block CBC-MAC
-    /// `F_c(x, lo, hi) = AES_c(AES_c(AES_c(x) ^ lo) ^ hi)`, which binds each proof to its leaf
-    /// index `x`. It does not depend on the key, so one batch serves every key of a chunk.
-    pub(crate) fn leaf_tweaks(&self, first: u64, out: &mut [u128]) {
-        let mut buf = [[0u8; 16]; BATCH];
-        let mut x = first;
-        for oc in out.chunks_mut(BATCH) {
-            let buf = &mut buf[..oc.len()];
-            for b in buf.iter_mut() {
-                *b = u128::from(x).to_le_bytes();
-                x += 1;
-            }
-            self.cipher
-                .encrypt_blocks(Array::cast_slice_from_core_mut(buf));
-            for (o, b) in oc.iter_mut().zip(buf.iter()) {
-                *o = u128::from_le_bytes(*b);
-            }
-        }
-    }
-
-    /// XOR over `i` of `AES_c(AES_c(lo[i]) ^ hi[i])`.
-    pub(crate) fn xor_sum(&self, lo: &[u128], hi: &[u128]) -> u128 {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(rk) = &self.vaes {
-            return simd::cbc2_xor_sum(rk, lo, hi);
-        }
-        self.xor_sum_portable(lo, hi)
-    }
-
-    /// [`Mac::xor_sum`] through the `aes` crate only.
-    pub(crate) fn xor_sum_portable(&self, lo: &[u128], hi: &[u128]) -> u128 {
-        let mut buf = [[0u8; 16]; BATCH];
-        let mut acc = 0u128;
-        for (lc, hc) in lo.chunks(BATCH).zip(hi.chunks(BATCH)) {
-            let buf = &mut buf[..lc.len()];
-            for (b, x) in buf.iter_mut().zip(lc) {
-                *b = x.to_le_bytes();
-            }
-            self.cipher
-                .encrypt_blocks(Array::cast_slice_from_core_mut(buf));
-            for (b, h) in buf.iter_mut().zip(hc) {
-                *b = (u128::from_le_bytes(*b) ^ h).to_le_bytes();
-            }
-            self.cipher
-                .encrypt_blocks(Array::cast_slice_from_core_mut(buf));
-            for b in buf.iter() {
-                acc ^= u128::from_le_bytes(*b);
-            }
-        }
-        acc
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -293,7 +219,7 @@ pub(crate) mod tests {
     }
 
     fn vaes_agrees_with_portable_here() {
-        for domain in [Domain::Left, Domain::Payload, Domain::ProofHi] {
+        for domain in [Domain::Left, Domain::Right, Domain::Payload] {
             let h = Hash::get(domain);
             for len in [0usize, 1, 3, 4, 5, 15, 16, 17, 63, 64, 65, 200] {
                 let inp: Vec<u128> = (0..len as u128)
@@ -311,39 +237,12 @@ pub(crate) mod tests {
         }
     }
 
-    #[test]
-    fn vaes_mac_agrees_with_portable() {
-        on_every_kernel_width(vaes_mac_agrees_with_portable_here);
-    }
-
-    fn vaes_mac_agrees_with_portable_here() {
-        let mac = Mac::new([0x42; 16]);
-        for len in [0usize, 1, 15, 16, 17, 100] {
-            let lo: Vec<u128> = (0..len as u128)
-                .map(|i| i.wrapping_mul(0x1234_5678_9abc_def1) << 3)
-                .collect();
-            let hi: Vec<u128> = (0..len as u128).map(|i| !i << 70).collect();
-            assert_eq!(
-                mac.xor_sum(&lo, &hi),
-                mac.xor_sum_portable(&lo, &hi),
-                "len {len}"
-            );
-        }
-    }
-
     /// Known answers for every domain (committed in `tests/vectors/prg.txt`); regenerate with
     /// `DPF_BLESS=1` only for an intentional change of the hash.
     #[test]
     fn known_answers() {
-        let names = ["left", "right", "leaf", "payload", "proof-lo", "proof-hi"];
-        let domains = [
-            Domain::Left,
-            Domain::Right,
-            Domain::Leaf,
-            Domain::Payload,
-            Domain::ProofLo,
-            Domain::ProofHi,
-        ];
+        let names = DOMAIN_LABELS;
+        let domains = [Domain::Left, Domain::Right, Domain::Leaf, Domain::Payload];
         let inputs: [u128; 3] = [0, 1, 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210];
         let mut out = String::new();
         for (name, d) in names.iter().zip(domains) {
@@ -353,8 +252,17 @@ pub(crate) mod tests {
                 out += &format!("{name} {x:032x} {y:032x}\n");
             }
         }
-        let mac = Mac::new([0x42; 16]);
-        out += &format!("mac {:032x}\n", mac.xor_sum(&inputs, &[7, 8, 9]));
+        // The write audit: leaf proofs, and one MAC sum over leaves 5..8.
+        for (x, v) in [(0u64, 0u128), (1, 1), (0xfedc_ba98_7654, inputs[2])] {
+            let p = crate::proof::leaf_proof(v, 0x42 << 64, x);
+            let p: Vec<String> = p.iter().map(|b| format!("{b:032x}")).collect();
+            out += &format!("proof {x:012x} {v:032x} {}\n", p.join(" "));
+        }
+        let mac = crate::proof::Mac::new([0x42; 16]);
+        let mut chunk = crate::proof::AuditChunk::default();
+        chunk.fill(&mac, 5, 3);
+        let [lo, hi] = chunk.sum(&inputs, 9, &[7, 8, 9, 10]);
+        out += &format!("audit sum {hi:032x}{lo:032x}\n");
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/prg.txt");
         if std::env::var_os("DPF_BLESS").is_some() {
             std::fs::write(path, &out).expect("write vectors");
@@ -366,14 +274,7 @@ pub(crate) mod tests {
     #[test]
     fn domains_differ() {
         let mut outs = Vec::new();
-        for d in [
-            Domain::Left,
-            Domain::Right,
-            Domain::Leaf,
-            Domain::Payload,
-            Domain::ProofLo,
-            Domain::ProofHi,
-        ] {
+        for d in [Domain::Left, Domain::Right, Domain::Leaf, Domain::Payload] {
             let mut o = [0u128];
             Hash::get(d).hash(&[42], &mut o);
             outs.push(o[0]);

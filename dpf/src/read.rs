@@ -84,7 +84,7 @@ impl ReadKey {
     /// The canonical encoding.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(Self::encoded_len(self.domain_bits));
-        out.extend_from_slice(&[codec::VERSION, KIND_READ, self.domain_bits as u8]);
+        out.extend_from_slice(&[codec::READ_VERSION, KIND_READ, self.domain_bits as u8]);
         codec::put_tree(&mut out, &self.tree);
         out.extend_from_slice(&self.cw_out.to_le_bytes());
         out

@@ -4,8 +4,10 @@
 //!
 //! This is the only module of the crate with `unsafe` code: unaligned vector loads and stores
 //! within slice bounds checked by the loops, and calls to `#[target_feature]` functions after
-//! the features were detected at run time. `prg::tests::vaes_agrees_with_portable` and
-//! `read::tests::pir_kernels_agree` check that every kernel gives exactly the portable bytes.
+//! the features were detected at run time. `prg::tests::vaes_agrees_with_portable`,
+//! `read::tests::pir_kernels_agree`, `read::tests::mask_expansion_kernels_agree` and
+//! `proof::tests::every_kernel_gives_the_portable_sum` check that every kernel gives exactly
+//! the portable bytes.
 #![allow(unsafe_code)]
 
 #[cfg(target_arch = "x86_64")]
@@ -17,22 +19,28 @@ mod x86 {
     #[derive(Clone, Copy)]
     pub(crate) struct RoundKeys([__m128i; 11]);
 
-    /// Whether the CPU has VAES with AVX-512 (checked once).
+    /// Whether the CPU has VAES and VPCLMULQDQ with AVX-512 (checked once; every CPU with VAES
+    /// so far has VPCLMULQDQ, which the audit's kernels need).
     pub(crate) fn has_vaes512() -> bool {
         static V: OnceLock<bool> = OnceLock::new();
         *V.get_or_init(|| {
             std::is_x86_feature_detected!("avx512f")
                 && std::is_x86_feature_detected!("vaes")
+                && std::is_x86_feature_detected!("vpclmulqdq")
+                && std::is_x86_feature_detected!("pclmulqdq")
                 && std::is_x86_feature_detected!("aes")
         })
     }
 
-    /// Whether the CPU has VAES on 256-bit registers (AVX2 class, e.g. without AVX-512).
+    /// Whether the CPU has VAES and VPCLMULQDQ on 256-bit registers (AVX2 class, e.g. without
+    /// AVX-512).
     pub(crate) fn has_vaes256() -> bool {
         static V: OnceLock<bool> = OnceLock::new();
         *V.get_or_init(|| {
             std::is_x86_feature_detected!("avx2")
                 && std::is_x86_feature_detected!("vaes")
+                && std::is_x86_feature_detected!("vpclmulqdq")
+                && std::is_x86_feature_detected!("pclmulqdq")
                 && std::is_x86_feature_detected!("aes")
         })
     }
@@ -187,66 +195,6 @@ mod x86 {
             s = _mm_aesenc_si128(s, *r);
         }
         _mm_aesenclast_si128(s, rk.0[10])
-    }
-
-    /// [`cbc2_xor_sum_vaes512`] one block at a time with AES-NI (the kernels' remainders).
-    #[target_feature(enable = "aes,sse2")]
-    fn cbc2_xor_sum_one_by_one(rk: &RoundKeys, lo: &[u128], hi: &[u128]) -> u128 {
-        let mut sum = 0u128;
-        for (l, h) in lo.iter().zip(hi) {
-            // SAFETY: each is one 16-byte u128.
-            let l = unsafe { _mm_loadu_si128((l as *const u128).cast()) };
-            let h = unsafe { _mm_loadu_si128((h as *const u128).cast()) };
-            let v = aes1(rk, _mm_xor_si128(aes1(rk, l), h));
-            let mut out = 0u128;
-            // SAFETY: `out` is 16 writable bytes.
-            unsafe { _mm_storeu_si128((&mut out as *mut u128).cast(), v) };
-            sum ^= out;
-        }
-        sum
-    }
-
-    /// XOR over `i` of `AES(AES(lo[i]) ^ hi[i])`.
-    #[target_feature(enable = "avx512f,vaes,aes")]
-    fn cbc2_xor_sum_vaes512(rk: &RoundKeys, lo: &[u128], hi: &[u128]) -> u128 {
-        let k: [__m512i; 11] = core::array::from_fn(|i| _mm512_broadcast_i32x4(rk.0[i]));
-        let mut acc = _mm512_setzero_si512();
-        let n = lo.len().min(hi.len());
-        let full = n - n % 16;
-        for at in (0..full).step_by(16) {
-            let (l, h) = (&lo[at..at + 16], &hi[at..at + 16]);
-            let (pl, ph) = (l.as_ptr().cast::<__m512i>(), h.as_ptr().cast::<__m512i>());
-            // SAFETY: `l` and `h` are 16 u128 = 4 x 64 bytes each; unaligned loads.
-            let x: [__m512i; 4] =
-                core::array::from_fn(|i| unsafe { _mm512_loadu_si512(pl.add(i)) });
-            let s = aes4(&k, x);
-            // SAFETY: as above.
-            let y: [__m512i; 4] = core::array::from_fn(|i| {
-                _mm512_xor_si512(s[i], unsafe { _mm512_loadu_si512(ph.add(i)) })
-            });
-            for v in aes4(&k, y) {
-                acc = _mm512_xor_si512(acc, v);
-            }
-        }
-        let mut lanes = [0u128; 4];
-        // SAFETY: `lanes` is 64 writable bytes.
-        unsafe { _mm512_storeu_si512(lanes.as_mut_ptr().cast(), acc) };
-        lanes[0]
-            ^ lanes[1]
-            ^ lanes[2]
-            ^ lanes[3]
-            ^ cbc2_xor_sum_one_by_one(rk, &lo[full..n], &hi[full..n])
-    }
-
-    pub(crate) fn cbc2_xor_sum(rk: &RoundKeys, lo: &[u128], hi: &[u128]) -> u128 {
-        if use_512() {
-            // SAFETY: AVX-512 VAES detected.
-            unsafe { cbc2_xor_sum_vaes512(rk, lo, hi) }
-        } else {
-            debug_assert!(has_vaes256());
-            // SAFETY: `RoundKeys` exist only when one of the two VAES levels was detected.
-            unsafe { cbc2_xor_sum_vaes256(rk, lo, hi) }
-        }
     }
 
     /// The fused write kernel: for every leaf `i` with node `v`, XORs into slot `i` of `out`
@@ -425,34 +373,6 @@ mod x86 {
         }
     }
 
-    /// [`cbc2_xor_sum_vaes512`] on 256-bit registers.
-    #[target_feature(enable = "avx2,vaes,aes")]
-    fn cbc2_xor_sum_vaes256(rk: &RoundKeys, lo: &[u128], hi: &[u128]) -> u128 {
-        let k = keys256(rk);
-        let mut acc = _mm256_setzero_si256();
-        let n = lo.len().min(hi.len());
-        let full = n - n % 16;
-        for at in (0..full).step_by(16) {
-            let (l, h) = (&lo[at..at + 16], &hi[at..at + 16]);
-            let (pl, ph) = (l.as_ptr().cast::<__m256i>(), h.as_ptr().cast::<__m256i>());
-            // SAFETY: `l` and `h` are 16 u128 = 8 x 32 bytes each; unaligned loads.
-            let x: [__m256i; 8] =
-                core::array::from_fn(|i| unsafe { _mm256_loadu_si256(pl.add(i)) });
-            let s = aes8(&k, x);
-            // SAFETY: as above.
-            let y: [__m256i; 8] = core::array::from_fn(|i| {
-                _mm256_xor_si256(s[i], unsafe { _mm256_loadu_si256(ph.add(i)) })
-            });
-            for v in aes8(&k, y) {
-                acc = _mm256_xor_si256(acc, v);
-            }
-        }
-        let mut lanes = [0u128; 2];
-        // SAFETY: `lanes` is 32 writable bytes.
-        unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), acc) };
-        lanes[0] ^ lanes[1] ^ cbc2_xor_sum_one_by_one(rk, &lo[full..n], &hi[full..n])
-    }
-
     /// [`payload_xor_vaes512`] on 256-bit registers. Requires `cw.len()` to be even.
     #[target_feature(enable = "avx2,vaes,aes")]
     fn payload_xor_vaes256(
@@ -506,6 +426,393 @@ mod x86 {
                 }
                 g += n;
             }
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // The write audit's leaf proofs (see `proof.rs`): per-leaf AES-128 keys and the fused
+    // Davies-Meyer proof + CBC-MAC sum. Round keys live in a table laid out for 4-lane loads:
+    // entry `(((i / 4) * 4 + j) * 11 + r) * 4 + i % 4` is round key `r` of leaf `i`'s block `j`.
+    // ---------------------------------------------------------------------------------------
+
+    /// AES-128 round constants.
+    const RCON: [i32; 10] = [0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80, 0x1b, 0x36];
+
+    /// `u128` per group of four leaves in the round-key table.
+    const GROUP_KEYS: usize = 4 * 11 * 4;
+
+    /// The table length for `leaves` leaves (whole groups of four).
+    pub(crate) fn leaf_table_len(leaves: usize) -> usize {
+        leaves.div_ceil(4) * GROUP_KEYS
+    }
+
+    /// One step of the AES-128 key schedule in each 128-bit lane: `SubWord` through
+    /// `aesenclast` on the broadcast last word (all four columns equal, so `ShiftRows` does
+    /// nothing), `RotWord` as a rotation by 8 bits, and the prefix XOR of the four words.
+    #[target_feature(enable = "avx512f,vaes,aes")]
+    fn key_step_512(k: __m512i, rcon: i32) -> __m512i {
+        let t = _mm512_shuffle_epi32::<0xFF>(k);
+        let t = _mm512_aesenclast_epi128(t, _mm512_set1_epi32(rcon << 8));
+        let t = _mm512_ror_epi32::<8>(t);
+        let k = _mm512_xor_si512(k, _mm512_maskz_shuffle_epi32::<0x90>(0xEEEE, k));
+        let k = _mm512_xor_si512(k, _mm512_maskz_shuffle_epi32::<0x40>(0xCCCC, k));
+        _mm512_xor_si512(k, t)
+    }
+
+    /// Fills `table` (whole groups) with the round keys of leaves `first..`: for block `j` of
+    /// leaf `x`, the key schedule of `K = AES_kd((j << 64) | x)`.
+    #[target_feature(enable = "avx512f,vaes,aes")]
+    fn leaf_round_keys_vaes512(kd: &RoundKeys, first: u64, table: &mut [u128]) {
+        let k: [__m512i; 11] = core::array::from_fn(|i| _mm512_broadcast_i32x4(kd.0[i]));
+        for (g, t) in table.chunks_exact_mut(GROUP_KEYS).enumerate() {
+            let x = (first + 4 * g as u64) as i64;
+            let mut key = aes4(
+                &k,
+                core::array::from_fn(|j| {
+                    let j = j as i64;
+                    _mm512_set_epi64(j, x + 3, j, x + 2, j, x + 1, j, x)
+                }),
+            );
+            let p = t.as_mut_ptr().cast::<__m512i>();
+            for r in 0..11 {
+                for (j, kj) in key.iter_mut().enumerate() {
+                    if r > 0 {
+                        *kj = key_step_512(*kj, RCON[r - 1]);
+                    }
+                    // SAFETY: entry `j * 11 + r` of 44 64-byte entries of `t`.
+                    unsafe { _mm512_storeu_si512(p.add(j * 11 + r), *kj) };
+                }
+            }
+        }
+    }
+
+    /// [`key_step_512`] on 256-bit registers.
+    #[target_feature(enable = "avx2,vaes,aes")]
+    fn key_step_256(k: __m256i, rcon: i32) -> __m256i {
+        let t = _mm256_shuffle_epi32::<0xFF>(k);
+        let t = _mm256_aesenclast_epi128(t, _mm256_set1_epi32(rcon << 8));
+        let t = _mm256_or_si256(_mm256_srli_epi32::<8>(t), _mm256_slli_epi32::<24>(t));
+        let k = _mm256_xor_si256(k, _mm256_slli_si256::<4>(k));
+        let k = _mm256_xor_si256(k, _mm256_slli_si256::<8>(k));
+        _mm256_xor_si256(k, t)
+    }
+
+    /// [`leaf_round_keys_vaes512`] on 256-bit registers (each 4-lane entry as two halves).
+    #[target_feature(enable = "avx2,vaes,aes")]
+    fn leaf_round_keys_vaes256(kd: &RoundKeys, first: u64, table: &mut [u128]) {
+        let k = keys256(kd);
+        for (g, t) in table.chunks_exact_mut(GROUP_KEYS).enumerate() {
+            let x = (first + 4 * g as u64) as i64;
+            // Register `2 j + h` holds leaves `2 h` and `2 h + 1` of the group, block `j`.
+            let mut key = aes8(
+                &k,
+                core::array::from_fn(|i| {
+                    let (j, h) = ((i / 2) as i64, 2 * (i % 2) as i64);
+                    _mm256_set_epi64x(j, x + h + 1, j, x + h)
+                }),
+            );
+            let p = t.as_mut_ptr().cast::<__m256i>();
+            for r in 0..11 {
+                for (i, ki) in key.iter_mut().enumerate() {
+                    if r > 0 {
+                        *ki = key_step_256(*ki, RCON[r - 1]);
+                    }
+                    let (j, h) = (i / 2, i % 2);
+                    // SAFETY: half `h` of entry `j * 11 + r` of 44 64-byte entries of `t`.
+                    unsafe { _mm256_storeu_si256(p.add((j * 11 + r) * 2 + h), *ki) };
+                }
+            }
+        }
+    }
+
+    /// See [`leaf_round_keys_vaes512`]; `table.len()` must be a multiple of a group's keys.
+    pub(crate) fn leaf_round_keys(kd: &RoundKeys, first: u64, table: &mut [u128]) {
+        assert!(table.len().is_multiple_of(GROUP_KEYS));
+        if use_512() {
+            // SAFETY: AVX-512 VAES detected.
+            unsafe { leaf_round_keys_vaes512(kd, first, table) }
+        } else {
+            debug_assert!(has_vaes256());
+            // SAFETY: `RoundKeys` exist only when one of the two VAES levels was detected.
+            unsafe { leaf_round_keys_vaes256(kd, first, table) }
+        }
+    }
+
+    #[inline(always)]
+    fn m128(x: u128) -> [u64; 2] {
+        [x as u64, (x >> 64) as u64]
+    }
+
+    /// The three partial sums of carry-less products kept by the proof kernels: `lo` of the
+    /// low halves, `hi` of the high halves, `mid` of the cross terms. The 256-bit total is
+    /// `lo ^ (mid << 64) ^ (hi << 128)`, folded once at the end (every step is linear).
+    fn fold(lo: u128, mid: u128, hi: u128) -> [u128; 2] {
+        [lo ^ (mid << 64), hi ^ (mid >> 64)]
+    }
+
+    /// One leaf's term of [`proof_vaes512`] with AES-NI and PCLMULQDQ (the kernels'
+    /// remainders): returns its `(lo, mid, hi)` partial products.
+    #[target_feature(enable = "aes,pclmulqdq,sse2")]
+    fn proof_one(
+        table: &[u128],
+        coeffs: &[u128],
+        i: usize,
+        v: u128,
+        salt: u128,
+        cs: &[u128; 4],
+    ) -> [u128; 3] {
+        let ld = |x: &u128| {
+            // SAFETY: one u128 is 16 readable bytes.
+            unsafe { _mm_loadu_si128((x as *const u128).cast()) }
+        };
+        let w = _mm_xor_si128(ld(&v), ld(&salt));
+        let m = _mm_set1_epi64x(0u64.wrapping_sub((v & 1) as u64) as i64);
+        let base = (i / 4) * GROUP_KEYS + i % 4;
+        let (mut lo, mut mid, mut hi) = (
+            _mm_setzero_si128(),
+            _mm_setzero_si128(),
+            _mm_setzero_si128(),
+        );
+        for (j, csj) in cs.iter().enumerate() {
+            let rk = |r: usize| ld(&table[base + (j * 11 + r) * 4]);
+            let mut st = _mm_xor_si128(w, rk(0));
+            for r in 1..10 {
+                st = _mm_aesenc_si128(st, rk(r));
+            }
+            st = _mm_aesenclast_si128(st, rk(10));
+            let [cl, ch] = m128(*csj);
+            let p = _mm_xor_si128(
+                _mm_xor_si128(st, w),
+                _mm_and_si128(m, _mm_set_epi64x(ch as i64, cl as i64)),
+            );
+            let k = ld(&coeffs[(i / 4 * 4 + j) * 4 + i % 4]);
+            lo = _mm_xor_si128(lo, _mm_clmulepi64_si128::<0x00>(p, k));
+            hi = _mm_xor_si128(hi, _mm_clmulepi64_si128::<0x11>(p, k));
+            mid = _mm_xor_si128(
+                mid,
+                _mm_xor_si128(
+                    _mm_clmulepi64_si128::<0x01>(p, k),
+                    _mm_clmulepi64_si128::<0x10>(p, k),
+                ),
+            );
+        }
+        let mut out = [0u128; 3];
+        for (o, x) in out.iter_mut().zip([lo, mid, hi]) {
+            // SAFETY: `o` is 16 writable bytes.
+            unsafe { _mm_storeu_si128((o as *mut u128).cast(), x) };
+        }
+        out
+    }
+
+    /// `G` consecutive groups of four leaves of [`proof_vaes512`] from group `g0`, `4 G`
+    /// Davies-Meyer chains in flight; adds each proof block's carry-less product with its
+    /// coefficient to `acc` (`lo`, `mid`, `hi`).
+    #[target_feature(enable = "avx512f,vaes,vpclmulqdq,aes")]
+    fn proof_groups_512<const G: usize>(
+        table: &[u128],
+        coeffs: &[u128],
+        nodes: &[u128],
+        sv: __m512i,
+        csv: &[__m512i; 4],
+        g0: usize,
+        acc: &mut [__m512i; 3],
+    ) {
+        let one = _mm512_set_epi64(0, 1, 0, 1, 0, 1, 0, 1);
+        let zero = _mm512_setzero_si512();
+        let at = 4 * g0;
+        let rows = &table[g0 * GROUP_KEYS..(g0 + G) * GROUP_KEYS];
+        let kap = &coeffs[g0 * 16..(g0 + G) * 16];
+        assert!(nodes.len() >= at + 4 * G);
+        // SAFETY: nodes `at..at + 4 G` exist (asserted); unaligned loads.
+        let v: [__m512i; G] = core::array::from_fn(|i| unsafe {
+            _mm512_loadu_si512(nodes.as_ptr().add(at + 4 * i).cast())
+        });
+        let w: [__m512i; G] = core::array::from_fn(|i| _mm512_xor_si512(v[i], sv));
+        // All ones in a lane whose control bit is set (branch-free).
+        let m: [__m512i; G] = core::array::from_fn(|i| {
+            _mm512_shuffle_epi32::<0x44>(_mm512_sub_epi64(zero, _mm512_and_si512(v[i], one)))
+        });
+        let rk = rows.as_ptr().cast::<__m512i>();
+        // SAFETY: group `i < G`'s entry `j * 11 + r < 44` lies in `rows` (G groups of 44
+        // 64-byte entries).
+        let key = |i: usize, j: usize, r: usize| unsafe {
+            _mm512_loadu_si512(rk.add(i * 44 + j * 11 + r))
+        };
+        let mut s: [[__m512i; 4]; G] = core::array::from_fn(|i| {
+            core::array::from_fn(|j| _mm512_xor_si512(w[i], key(i, j, 0)))
+        });
+        for r in 1..10 {
+            for (i, si) in s.iter_mut().enumerate() {
+                for (j, sij) in si.iter_mut().enumerate() {
+                    *sij = _mm512_aesenc_epi128(*sij, key(i, j, r));
+                }
+            }
+        }
+        let [mut lo, mut mid, mut hi] = *acc;
+        for (i, si) in s.into_iter().enumerate() {
+            for (j, sij) in si.into_iter().enumerate() {
+                let h = _mm512_aesenclast_epi128(sij, key(i, j, 10));
+                let p = _mm512_ternarylogic_epi64::<0x96>(h, w[i], _mm512_and_si512(m[i], csv[j]));
+                // SAFETY: group `i`'s block `j` coefficients: 4 u128 inside `kap`.
+                let k = unsafe { _mm512_loadu_si512(kap.as_ptr().add(16 * i + 4 * j).cast()) };
+                lo = _mm512_xor_si512(lo, _mm512_clmulepi64_epi128::<0x00>(p, k));
+                hi = _mm512_xor_si512(hi, _mm512_clmulepi64_epi128::<0x11>(p, k));
+                mid = _mm512_ternarylogic_epi64::<0x96>(
+                    mid,
+                    _mm512_clmulepi64_epi128::<0x01>(p, k),
+                    _mm512_clmulepi64_epi128::<0x10>(p, k),
+                );
+            }
+        }
+        *acc = [lo, mid, hi];
+    }
+
+    /// The audit sum of one key over a run of leaves: for each group of four leaves, the four
+    /// Davies-Meyer proof blocks under the leaves' own round keys (from `table`), corrected by
+    /// `cs` under the control-bit mask, each multiplied (carry-less) by its coefficient from
+    /// `coeffs` and added up. Nothing but the sum leaves the registers.
+    #[target_feature(enable = "avx512f,vaes,vpclmulqdq,aes,pclmulqdq")]
+    fn proof_vaes512(
+        table: &[u128],
+        coeffs: &[u128],
+        nodes: &[u128],
+        salt: u128,
+        cs: &[u128; 4],
+    ) -> [u128; 2] {
+        let b = |x: u128| {
+            let [lo, hi] = m128(x);
+            _mm512_broadcast_i32x4(_mm_set_epi64x(hi as i64, lo as i64))
+        };
+        let sv = b(salt);
+        let csv: [__m512i; 4] = core::array::from_fn(|j| b(cs[j]));
+        let mut acc = [_mm512_setzero_si512(); 3];
+        let groups = nodes.len() / 4;
+        let mut g = 0;
+        while g + 4 <= groups {
+            proof_groups_512::<4>(table, coeffs, nodes, sv, &csv, g, &mut acc);
+            g += 4;
+        }
+        while g < groups {
+            proof_groups_512::<1>(table, coeffs, nodes, sv, &csv, g, &mut acc);
+            g += 1;
+        }
+        let mut parts = [0u128; 3];
+        for (p, a) in parts.iter_mut().zip(acc) {
+            let mut lanes = [0u128; 4];
+            // SAFETY: `lanes` is 64 writable bytes.
+            unsafe { _mm512_storeu_si512(lanes.as_mut_ptr().cast(), a) };
+            *p = lanes[0] ^ lanes[1] ^ lanes[2] ^ lanes[3];
+        }
+        for (i, &node) in nodes.iter().enumerate().skip(4 * groups) {
+            let t = proof_one(table, coeffs, i, node, salt, cs);
+            for (p, x) in parts.iter_mut().zip(t) {
+                *p ^= x;
+            }
+        }
+        fold(parts[0], parts[1], parts[2])
+    }
+
+    /// [`proof_vaes512`] on 256-bit registers: a group's four leaves as two halves.
+    #[target_feature(enable = "avx2,vaes,vpclmulqdq,aes,pclmulqdq")]
+    fn proof_vaes256(
+        table: &[u128],
+        coeffs: &[u128],
+        nodes: &[u128],
+        salt: u128,
+        cs: &[u128; 4],
+    ) -> [u128; 2] {
+        let b = |x: u128| {
+            let [lo, hi] = m128(x);
+            _mm256_broadcastsi128_si256(_mm_set_epi64x(hi as i64, lo as i64))
+        };
+        let sv = b(salt);
+        let csv: [__m256i; 4] = core::array::from_fn(|j| b(cs[j]));
+        let one = _mm256_set_epi64x(0, 1, 0, 1);
+        let zero = _mm256_setzero_si256();
+        let (mut lo, mut mid, mut hi) = (zero, zero, zero);
+        let groups = nodes.len() / 4;
+        for g in 0..groups {
+            let rk = table[g * GROUP_KEYS..(g + 1) * GROUP_KEYS]
+                .as_ptr()
+                .cast::<__m256i>();
+            let kap = &coeffs[g * 16..(g + 1) * 16];
+            let at = 4 * g;
+            // SAFETY: nodes `at..at + 4` exist (`g < nodes.len() / 4`).
+            let v: [__m256i; 2] = core::array::from_fn(|h| unsafe {
+                _mm256_loadu_si256(nodes.as_ptr().add(at + 2 * h).cast())
+            });
+            let w: [__m256i; 2] = core::array::from_fn(|h| _mm256_xor_si256(v[h], sv));
+            let m: [__m256i; 2] = core::array::from_fn(|h| {
+                _mm256_shuffle_epi32::<0x44>(_mm256_sub_epi64(zero, _mm256_and_si256(v[h], one)))
+            });
+            // SAFETY: half `h` of entry `j * 11 + r < 44` of the group's entries.
+            let key = |h: usize, j: usize, r: usize| unsafe {
+                _mm256_loadu_si256(rk.add((j * 11 + r) * 2 + h))
+            };
+            let mut s: [[__m256i; 4]; 2] = core::array::from_fn(|h| {
+                core::array::from_fn(|j| _mm256_xor_si256(w[h], key(h, j, 0)))
+            });
+            for r in 1..10 {
+                for (h, sh) in s.iter_mut().enumerate() {
+                    for (j, shj) in sh.iter_mut().enumerate() {
+                        *shj = _mm256_aesenc_epi128(*shj, key(h, j, r));
+                    }
+                }
+            }
+            for (h, sh) in s.into_iter().enumerate() {
+                for (j, shj) in sh.into_iter().enumerate() {
+                    let x = _mm256_aesenclast_epi128(shj, key(h, j, 10));
+                    let p =
+                        _mm256_xor_si256(_mm256_xor_si256(x, w[h]), _mm256_and_si256(m[h], csv[j]));
+                    // SAFETY: leaves `2 h, 2 h + 1` of block `j`: 2 u128 inside `kap`.
+                    let k = unsafe { _mm256_loadu_si256(kap.as_ptr().add(4 * j + 2 * h).cast()) };
+                    lo = _mm256_xor_si256(lo, _mm256_clmulepi64_epi128::<0x00>(p, k));
+                    hi = _mm256_xor_si256(hi, _mm256_clmulepi64_epi128::<0x11>(p, k));
+                    mid = _mm256_xor_si256(
+                        mid,
+                        _mm256_xor_si256(
+                            _mm256_clmulepi64_epi128::<0x01>(p, k),
+                            _mm256_clmulepi64_epi128::<0x10>(p, k),
+                        ),
+                    );
+                }
+            }
+        }
+        let mut parts = [0u128; 3];
+        for (p, a) in parts.iter_mut().zip([lo, mid, hi]) {
+            let mut lanes = [0u128; 2];
+            // SAFETY: `lanes` is 32 writable bytes.
+            unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), a) };
+            *p = lanes[0] ^ lanes[1];
+        }
+        for (i, &node) in nodes.iter().enumerate().skip(4 * groups) {
+            let t = proof_one(table, coeffs, i, node, salt, cs);
+            for (p, x) in parts.iter_mut().zip(t) {
+                *p ^= x;
+            }
+        }
+        fold(parts[0], parts[1], parts[2])
+    }
+
+    /// See [`proof_vaes512`]. `table` and `coeffs` must cover at least `nodes.len()` leaves.
+    pub(crate) fn proof_sum(
+        table: &[u128],
+        coeffs: &[u128],
+        nodes: &[u128],
+        salt: u128,
+        cs: &[u128; 4],
+    ) -> [u128; 2] {
+        assert!(
+            table.len() >= leaf_table_len(nodes.len())
+                && coeffs.len() >= nodes.len().div_ceil(4) * 16
+        );
+        if use_512() {
+            // SAFETY: AVX-512 VAES and VPCLMULQDQ detected.
+            unsafe { proof_vaes512(table, coeffs, nodes, salt, cs) }
+        } else {
+            debug_assert!(has_vaes256());
+            // SAFETY: the table exists only when one of the two vector levels was detected.
+            unsafe { proof_vaes256(table, coeffs, nodes, salt, cs) }
         }
     }
 
@@ -770,7 +1077,9 @@ mod x86 {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use x86::{RoundKeys, cbc2_xor_sum, expand_key, mmo, payload_xor};
+pub(crate) use x86::{
+    RoundKeys, expand_key, leaf_round_keys, leaf_table_len, mmo, payload_xor, proof_sum,
+};
 #[cfg(all(test, target_arch = "x86_64"))]
 pub(crate) use x86::{has_vaes256, with_256_bit_kernels};
 

@@ -5,7 +5,8 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroize;
 
 use crate::codec::{self, KIND_WRITE, LEVEL_LEN, Reader};
-use crate::prg::{Domain, Hash, Mac};
+use crate::prg::{Domain, Hash};
+use crate::proof::{AuditChunk, Mac, PROOF_BLOCKS, Sum, leaf_proof};
 use crate::rng::RandomSource;
 use crate::tree::{self, Scratch, Tree, mask};
 use crate::{AuditChallenge, DecodeError, Error, MAX_SLOT_LEN, Party, check_domain};
@@ -18,7 +19,7 @@ pub struct WriteKey {
     domain_bits: u32,
     tree: Tree,
     cw_out: Vec<u128>,
-    cs: [u128; 2],
+    cs: [u128; PROOF_BLOCKS],
 }
 
 impl std::fmt::Debug for WriteKey {
@@ -35,11 +36,6 @@ fn check_slot_len(slot_len: usize) -> Result<(), Error> {
         return Err(Error::SlotLen(slot_len));
     }
     Ok(())
-}
-
-/// The leaf proof `(lo, hi)` of node `v` at leaf `x`, before the proof correction.
-fn proof_inputs(v: u128, salt: u128, x: u64) -> u128 {
-    v ^ salt ^ (u128::from(x) << 64)
 }
 
 impl WriteKey {
@@ -87,7 +83,7 @@ impl WriteKey {
         conv[0].zeroize();
         conv[1].zeroize();
         let mut pi = [0, 1].map(|p| leaf_proof(g.ends[p], salt, alpha));
-        let cs = [pi[0][0] ^ pi[1][0], pi[0][1] ^ pi[1][1]];
+        let cs = core::array::from_fn(|j| pi[0][j] ^ pi[1][j]);
         pi.zeroize();
         let [ta, tb] = std::mem::replace(&mut g.trees, [empty(), empty()]);
         Ok((
@@ -106,22 +102,38 @@ impl WriteKey {
         ))
     }
 
+    /// A key from its parts (for `attacks`, which builds malformed pairs on purpose).
+    pub(crate) fn from_parts(
+        domain_bits: u32,
+        tree: Tree,
+        cw_out: Vec<u128>,
+        cs: [u128; PROOF_BLOCKS],
+    ) -> WriteKey {
+        WriteKey {
+            domain_bits,
+            tree,
+            cw_out,
+            cs,
+        }
+    }
+
     /// The size of an encoded key.
     pub fn encoded_len(domain_bits: u32, slot_len: usize) -> usize {
-        3 + 4 + 32 + LEVEL_LEN * domain_bits as usize + slot_len + 32
+        3 + 4 + 32 + LEVEL_LEN * domain_bits as usize + slot_len + 16 * PROOF_BLOCKS
     }
 
     /// The canonical encoding.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(Self::encoded_len(self.domain_bits, self.slot_len()));
-        out.extend_from_slice(&[codec::VERSION, KIND_WRITE, self.domain_bits as u8]);
+        out.extend_from_slice(&[codec::WRITE_VERSION, KIND_WRITE, self.domain_bits as u8]);
         out.extend_from_slice(&(self.slot_len() as u32).to_le_bytes());
         codec::put_tree(&mut out, &self.tree);
         for b in &self.cw_out {
             out.extend_from_slice(&b.to_le_bytes());
         }
-        out.extend_from_slice(&self.cs[0].to_le_bytes());
-        out.extend_from_slice(&self.cs[1].to_le_bytes());
+        for b in &self.cs {
+            out.extend_from_slice(&b.to_le_bytes());
+        }
         out
     }
 
@@ -160,7 +172,10 @@ impl WriteKey {
         for _ in 0..slot_len / 16 {
             cw_out.push(r.block()?);
         }
-        let cs = [r.block()?, r.block()?];
+        let mut cs = [0u128; PROOF_BLOCKS];
+        for b in &mut cs {
+            *b = r.block()?;
+        }
         r.finish()?;
         Ok(WriteKey {
             domain_bits,
@@ -185,8 +200,8 @@ impl WriteKey {
     /// encoding. Both servers compute it; the client signs it.
     pub fn public_hash(&self, ctx: &[u8]) -> [u8; 32] {
         let mut h = Sha256::new();
-        h.update(b"mpm-dpf/v1/write-public");
-        h.update([codec::VERSION]);
+        h.update(b"mpm-dpf/v2/write-public");
+        h.update([codec::WRITE_VERSION]);
         h.update(self.domain_bits.to_le_bytes());
         h.update((self.slot_len() as u64).to_le_bytes());
         h.update(self.tree.salt.to_le_bytes());
@@ -199,8 +214,10 @@ impl WriteKey {
         for b in &self.cw_out {
             h.update(b.to_le_bytes());
         }
-        h.update(self.cs[0].to_le_bytes());
-        h.update(self.cs[1].to_le_bytes());
+        h.update((self.cs.len() as u64).to_le_bytes());
+        for b in &self.cs {
+            h.update(b.to_le_bytes());
+        }
         h.update((ctx.len() as u64).to_le_bytes());
         h.update(ctx);
         h.finalize().into()
@@ -270,31 +287,16 @@ fn empty() -> Tree {
     }
 }
 
-/// The uncorrected proof of a leaf node `v` at leaf `x`: two blocks, hashed from the whole
-/// node (seed and control bit) so that a leaf whose control bits differ between the parties
-/// but whose seeds agree is caught too.
-fn leaf_proof(v: u128, salt: u128, x: u64) -> [u128; 2] {
-    let inp = [proof_inputs(v, salt, x)];
-    let (mut lo, mut hi) = ([0u128], [0u128]);
-    Hash::get(Domain::ProofLo).hash(&inp, &mut lo);
-    Hash::get(Domain::ProofHi).hash(&inp, &mut hi);
-    [lo[0], hi[0]]
-}
-
 /// Buffers for evaluating ranges of write keys.
 #[derive(Default)]
 struct Worker {
     s: Scratch,
     pay: Vec<u128>,
-    plo: Vec<u128>,
-    phi: Vec<u128>,
 }
 
 impl Drop for Worker {
     fn drop(&mut self) {
         self.pay.zeroize();
-        self.plo.zeroize();
-        self.phi.zeroize();
     }
 }
 
@@ -331,8 +333,8 @@ impl Worker {
         lo: u64,
         hi: u64,
         out: &mut [u8],
-        audit: Option<&Audit<'_>>,
-    ) -> u128 {
+        audit: Option<&AuditChunk>,
+    ) -> Sum {
         let salt = key.tree.salt;
         key.tree.expand(party.bit(), lo, hi, &mut self.s);
         let nodes = &self.s.nodes;
@@ -340,34 +342,8 @@ impl Worker {
         {
             Self::payload_portable(&mut self.pay, nodes, key, out);
         }
-        let Some(audit) = audit else { return 0 };
-        tree::grow(&mut self.plo, nodes.len());
-        tree::grow(&mut self.phi, nodes.len());
-        for (((l, h), v), x) in self
-            .plo
-            .iter_mut()
-            .zip(self.phi.iter_mut())
-            .zip(nodes)
-            .zip(lo..hi)
-        {
-            *l = proof_inputs(*v, salt, x);
-            *h = *l;
-        }
-        Hash::get(Domain::ProofLo).hash_in_place(&mut self.plo);
-        Hash::get(Domain::ProofHi).hash_in_place(&mut self.phi);
-        debug_assert!(audit.tweaks.len() >= nodes.len());
-        let lanes = self
-            .plo
-            .iter_mut()
-            .zip(self.phi.iter_mut())
-            .zip(nodes)
-            .zip(audit.tweaks);
-        for (((l, h), v), t) in lanes {
-            let m = mask(*v);
-            *l ^= (m & key.cs[0]) ^ t;
-            *h ^= m & key.cs[1];
-        }
-        audit.mac.xor_sum(&self.plo, &self.phi)
+        let Some(audit) = audit else { return [0; 2] };
+        audit.sum(nodes, salt, &key.cs)
     }
 }
 
@@ -380,20 +356,14 @@ fn xor_blocks_into(out: &mut [u8], blocks: &[u128]) {
     }
 }
 
-/// Leaves per pass of [`write_audit`] (no array: only the tree, proofs and MACs, 48 bytes
-/// per leaf of scratch).
-const AUDIT_CHUNK_LEAVES: u64 = 2048;
+/// Leaves per pass of [`write_audit`] (no array: only the tree, and the proof round keys and
+/// coefficients of 768 bytes per leaf, shared by every key).
+const AUDIT_CHUNK_LEAVES: u64 = 512;
 
 /// Leaves per pass of the write kernels: the array chunk they cover stays in L2 while every
 /// key is applied to it.
 fn chunk_leaves(slot_len: usize) -> u64 {
     ((64 << 10) / slot_len.max(1)).clamp(1, 4096) as u64
-}
-
-/// The audit's MAC and the leaf tweaks `AES_c(x)` of the chunk being evaluated.
-struct Audit<'a> {
-    mac: &'a Mac,
-    tweaks: &'a [u128],
 }
 
 /// Evaluates `keys` over slots `0..slots`: into `array` when given (`slots * slot_len`
@@ -405,9 +375,9 @@ fn run(
     keys: &[&WriteKey],
     party: Party,
     mac: Option<&Mac>,
-) -> Vec<u128> {
+) -> Vec<Sum> {
     assert!(slot_len > 0, "slot length must be positive");
-    let mut sums = vec![0u128; keys.len()];
+    let mut sums = vec![[0u128; 2]; keys.len()];
     for k in keys {
         assert_eq!(
             k.slot_len(),
@@ -422,7 +392,7 @@ fn run(
         AUDIT_CHUNK_LEAVES
     };
     let mut w = Worker::default();
-    let mut tweaks = vec![0u128; if mac.is_some() { step as usize } else { 0 }];
+    let mut chunk_audit = AuditChunk::default();
     let mut lo = 0u64;
     while lo < slots {
         let hi = (lo + step).min(slots);
@@ -431,9 +401,8 @@ fn run(
             None => &mut [],
         };
         let audit = mac.map(|mac| {
-            let t = &mut tweaks[..(hi - lo) as usize];
-            mac.leaf_tweaks(lo, t);
-            Audit { mac, tweaks: t }
+            chunk_audit.fill(mac, lo, (hi - lo) as usize);
+            &chunk_audit
         });
         for (k, sum) in keys.iter().zip(sums.iter_mut()) {
             let end = hi.min(1 << k.domain_bits);
@@ -442,7 +411,9 @@ fn run(
                     0 => &mut [],
                     _ => &mut chunk[..(end - lo) as usize * slot_len],
                 };
-                *sum ^= w.accumulate(k, party, lo, end, part, audit.as_ref());
+                let [l, h] = w.accumulate(k, party, lo, end, part, audit);
+                sum[0] ^= l;
+                sum[1] ^= h;
             }
         }
         lo = hi;
@@ -459,7 +430,8 @@ pub fn write_accumulate(array: &mut [u8], slot_len: usize, keys: &[&WriteKey], p
 }
 
 /// [`write_accumulate`] plus the verifiable-DPF audit: returns, for each `(key, ctx)`, the
-/// audit value `SHA-256("mpm-dpf/v1/audit" || proof || public_hash(ctx))`. The two servers'
+/// audit value `SHA-256("mpm-dpf/v2/audit" || P || public_hash(ctx))`, where `P` is the
+/// reduced leaf-proof sum. The two servers'
 /// values for a write are equal if and only if (except with negligible probability) the two
 /// halves form a point function with at most one non-zero slot and have the same public part
 /// and context. See the crate docs for the argument. `challenge` must be drawn jointly by the
@@ -478,7 +450,7 @@ pub fn write_accumulate_audited(
 /// The audit values of [`write_accumulate_audited`] over an array of `slots` slots, without
 /// applying the writes: for a server that applied them earlier with [`write_accumulate`]
 /// (before the challenge existed) and audits once it is drawn. Costs the tree expansion, the
-/// leaf proofs and the MAC, about a fifth of the audited write at 256-byte slots.
+/// leaf proofs and their reduction, without the payload blocks (the compare example prints it).
 pub fn write_audit(
     slots: usize,
     slot_len: usize,
@@ -512,30 +484,22 @@ fn audited(
             if slots < full {
                 let mut w = Worker::default();
                 let step = chunk_leaves(slot_len);
-                let mut tweaks = vec![0u128; step as usize];
+                let mut chunk = AuditChunk::default();
                 let mut lo = slots;
                 while lo < full {
                     let hi = (lo + step).min(full);
-                    let t = &mut tweaks[..(hi - lo) as usize];
-                    mac.leaf_tweaks(lo, t);
+                    chunk.fill(&mac, lo, (hi - lo) as usize);
                     // Audit only: these slots are outside the array.
-                    sum ^= w.accumulate(
-                        k,
-                        party,
-                        lo,
-                        hi,
-                        &mut [],
-                        Some(&Audit {
-                            mac: &mac,
-                            tweaks: t,
-                        }),
-                    );
+                    let [l, h] = w.accumulate(k, party, lo, hi, &mut [], Some(&chunk));
+                    sum[0] ^= l;
+                    sum[1] ^= h;
                     lo = hi;
                 }
             }
             Sha256::new()
-                .chain_update(b"mpm-dpf/v1/audit")
-                .chain_update(sum.to_le_bytes())
+                .chain_update(b"mpm-dpf/v2/audit")
+                .chain_update(sum[0].to_le_bytes())
+                .chain_update(sum[1].to_le_bytes())
                 .chain_update(k.public_hash(ctx))
                 .finalize()
                 .into()
@@ -615,10 +579,10 @@ mod tests {
             t.cw_out[j] ^= 1 << 40;
             assert!(!accepted(&a, &t), "cw_out {j}");
         }
-        for half in 0..2 {
+        for block in 0..PROOF_BLOCKS {
             let mut t = a.clone();
-            t.cs[half] ^= 1;
-            assert!(!accepted(&t, &b), "cs {half}");
+            t.cs[block] ^= 1;
+            assert!(!accepted(&t, &b), "cs {block}");
         }
         let mut t = a.clone();
         t.tree.salt ^= 1 << 100;
@@ -686,16 +650,16 @@ mod tests {
         for k in [&mut a, &mut b] {
             k.tree.cw.iter_mut().for_each(|c| *c = 1);
             k.tree.t_right.iter_mut().for_each(|t| *t = 1);
-            k.cs = [0, 0];
+            k.cs = [0; PROOF_BLOCKS];
         }
         assert_eq!(nonzero_slots(&a, &b), 1 << N);
         assert!(!accepted(&a, &b));
     }
 
-    /// The forgery found in review: a last level chosen so one party's left leaf equals the
-    /// other's right leaf shifted by the leaf-index tweak, and `cs` fixing the other pair. The
-    /// corrected proofs then agree as multisets but at swapped leaves; without the leaf index
-    /// inside the MAC the XOR-sums matched for every challenge. Must be rejected.
+    /// The first forgery found in review (of an audit whose MAC did not bind the leaf index):
+    /// a last level chosen so one party's left leaf equals the other's right leaf shifted by the
+    /// leaf-index tweak, and `cs` fixing the other pair. The corrected proofs then agreed as
+    /// multisets but at swapped leaves. Must be rejected.
     fn forge_two_slot_write(n: u32, p: u64, rng: &mut impl RandomSource) -> (WriteKey, WriteKey) {
         let g = tree::generate(n - 1, p, rng);
         let salt = g.trees[0].salt;
@@ -720,7 +684,7 @@ mod tests {
         let cwr = (cwl & !1) | tr;
         let pa = leaf_proof(lz, salt, 2 * p);
         let pb = leaf_proof(ro ^ cwr, salt, 2 * p + 1);
-        let cs = [pa[0] ^ pb[0], pa[1] ^ pb[1]];
+        let cs = core::array::from_fn(|j| pa[j] ^ pb[j]);
         let mut cw = g.trees[0].cw.clone();
         cw.push(cwl);
         let mut t_right = g.trees[0].t_right.clone();
@@ -829,5 +793,215 @@ mod tests {
         let vb = write_accumulate_audited(&mut small_b, L, &[(&b, b"c".as_slice())], Party::B, &ch);
         assert_eq!(va, vb);
         assert_eq!(small_a, small_b, "the point is outside the array");
+    }
+}
+
+#[cfg(test)]
+mod forgery_tests {
+    //! The audit against the strongest forgeries we know: the two-slot construction that broke
+    //! the version 1 audit, at every domain size, and the cheapest attack on this version's
+    //! proofs at reduced width, whose cost must match the argument in the crate docs.
+
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::attacks::sibling_forgery;
+    use crate::rng::SeededRandom;
+    use crate::tree::mask;
+
+    /// Both parties' audit values over the key's whole domain (with the payload applied into an
+    /// array when it is small enough, else through the audit-only path).
+    fn audit_values(a: &WriteKey, b: &WriteKey, l: usize, ch: &AuditChallenge) -> [[u8; 32]; 2] {
+        let slots = 1usize << a.domain_bits;
+        let ctx = b"round 7 / id / account".as_slice();
+        [(a, Party::A), (b, Party::B)].map(|(k, party)| {
+            if slots * l <= 1 << 22 {
+                let mut arr = vec![0u8; slots * l];
+                let v = write_accumulate_audited(&mut arr, l, &[(k, ctx)], party, ch)[0];
+                assert_eq!(v, write_audit(slots, l, &[(k, ctx)], party, ch)[0]);
+                v
+            } else {
+                write_audit(slots, l, &[(k, ctx)], party, ch)[0]
+            }
+        })
+    }
+
+    /// The leaves' corrected proofs of both parties, compared leaf by leaf: what the MAC sums
+    /// test for (up to the MAC's own error).
+    fn proofs_agree_at(a: &WriteKey, b: &WriteKey, x: u64) -> bool {
+        let mut s = Scratch::default();
+        let mut node = |k: &WriteKey, party: Party| {
+            k.tree.expand(party.bit(), x, x + 1, &mut s);
+            s.nodes[0]
+        };
+        let (va, vb) = (node(a, Party::A), node(b, Party::B));
+        let corrected = |v: u128, k: &WriteKey| {
+            let p = leaf_proof(v, k.tree.salt, x);
+            core::array::from_fn::<u128, PROOF_BLOCKS, _>(|j| p[j] ^ (mask(v) & k.cs[j]))
+        };
+        corrected(va, a) == corrected(vb, b)
+    }
+
+    #[test]
+    fn the_version_1_two_slot_forgery_is_rejected_at_every_domain_size() {
+        let mut rng = SeededRandom::new([0x20; 32]);
+        for n in 1..=20u32 {
+            for l in [16usize, 32, 256] {
+                let half = 1u64 << (n - 1);
+                let points: Vec<u64> = if n == 1 {
+                    vec![0]
+                } else {
+                    vec![0, half / 2, half - 1]
+                };
+                for p in points {
+                    let payload: Vec<u8> = (0..l).map(|i| (i as u8) ^ 0xa5).collect();
+                    for fix in 0..3u8 {
+                        let (a, b) = sibling_forgery(n, l, p, &payload, fix, false, &mut rng)
+                            .expect("forge");
+                        let ctx = b"c";
+                        assert_eq!(a.public_hash(ctx), b.public_hash(ctx));
+                        assert_eq!(a, b, "the construction's halves are identical");
+                        // It writes the payload into slot 2p and junk into slot 2p + 1.
+                        let x = 2 * p;
+                        let (sa, sb) = (a.eval_point(Party::A, x), b.eval_point(Party::B, x));
+                        let got: Vec<u8> = sa.iter().zip(&sb).map(|(u, v)| u ^ v).collect();
+                        assert_eq!(got, payload, "n {n} l {l} p {p}");
+                        assert_ne!(
+                            a.eval_point(Party::A, x + 1),
+                            b.eval_point(Party::B, x + 1),
+                            "the sibling slot is written too"
+                        );
+                        // The proof correction fixes at most one of the two leaves.
+                        let agree = [0, 1].map(|i| proofs_agree_at(&a, &b, x + i));
+                        assert_eq!(agree, [fix == 0, fix == 1], "n {n} l {l} p {p} fix {fix}");
+                        // And the audit refuses it under every challenge tried.
+                        let tries = if n <= 12 { 3 } else { 1 };
+                        for c in 0..tries {
+                            let ch = AuditChallenge([c ^ n as u8; 16]);
+                            let [va, vb] = audit_values(&a, &b, l, &ch);
+                            assert_ne!(va, vb, "n {n} l {l} p {p} fix {fix}: accepted");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `pi(x, v)` cut to its low `w` bits: the audit at reduced width.
+    fn short_proof(v: u128, salt: u128, x: u64, w: u32) -> u128 {
+        leaf_proof(v, salt, x)[0] & ((1u128 << w) - 1)
+    }
+
+    fn h(d: Domain, x: u128) -> u128 {
+        let mut out = [0u128];
+        Hash::get(d).hash(&[x], &mut out);
+        out[0]
+    }
+
+    /// The cheapest attack we know on the proofs, with distinct halves, in a domain of two
+    /// slots (the parent of both leaves is the root, which the client chooses freely):
+    /// A's root has control bit 0, so A's leaves `L(rA), R(rA)` do not depend on the correction
+    /// word, and `f(rA) = pi(0, a0) ^ pi(1, a1)`; B's root has control bit 1, so B's leaves
+    /// are `L(rB) ^ cw, R(rB) ^ cw'` and `g(rB, cw) = pi(0, b0) ^ pi(1, b1)`. The corrected
+    /// proofs agree at both leaves exactly when `f = g` (with `cs` fixing leaf 0), a collision
+    /// between two lists: about `2^(w/2)` evaluations at width `w`, `2^256` at the full 512.
+    /// Returns the pair and the number of `f` and `g` evaluations it took.
+    fn birthday_forgery(w: u32, seed: u8) -> (WriteKey, WriteKey, u64) {
+        let mut rng = SeededRandom::new([seed; 32]);
+        let salt = rng.u128();
+        let mut evaluations = 0u64;
+        let mut table: HashMap<u128, u128> = HashMap::new();
+        let size = 1usize << w.div_ceil(2);
+        while table.len() < size {
+            evaluations += 1;
+            let ra = rng.u128() & !1;
+            let s = ra ^ salt;
+            let (a0, a1) = (h(Domain::Left, s), h(Domain::Right, s));
+            // Control bits 0 at A's leaves, so the correction applies on B's side at both.
+            if (a0 | a1) & 1 != 0 {
+                continue;
+            }
+            table.insert(
+                short_proof(a0, salt, 0, w) ^ short_proof(a1, salt, 1, w),
+                ra,
+            );
+        }
+        loop {
+            evaluations += 1;
+            let rb = rng.u128() & !1;
+            let seed_part = rng.u128() & !1;
+            let s = rb ^ salt;
+            let (l, r) = (h(Domain::Left, s), h(Domain::Right, s));
+            let cw = seed_part | (1 ^ (l & 1));
+            let tr = 1 ^ (r & 1);
+            let (b0, b1) = (l ^ cw, r ^ (seed_part | tr));
+            let g = short_proof(b0, salt, 0, w) ^ short_proof(b1, salt, 1, w);
+            let Some(&ra) = table.get(&g) else { continue };
+            let s_a = ra ^ salt;
+            let a0 = h(Domain::Left, s_a);
+            let mut cs = [0u128; PROOF_BLOCKS];
+            cs[0] = leaf_proof(a0, salt, 0)[0] ^ leaf_proof(b0, salt, 0)[0];
+            let key = |root: u128| {
+                WriteKey::from_parts(
+                    1,
+                    Tree {
+                        salt,
+                        root,
+                        cw: vec![cw],
+                        t_right: vec![tr as u8],
+                    },
+                    vec![7; 1],
+                    cs,
+                )
+            };
+            return (key(ra), key(rb), evaluations);
+        }
+    }
+
+    /// The reduced-width audit: the corrected proofs' low `w` bits agree at every leaf.
+    fn accepted_at_width(a: &WriteKey, b: &WriteKey, w: u32) -> bool {
+        (0..1u64 << a.domain_bits).all(|x| {
+            let mut s = Scratch::default();
+            let mut node = |k: &WriteKey, party: Party| {
+                k.tree.expand(party.bit(), x, x + 1, &mut s);
+                s.nodes[0]
+            };
+            let (va, vb) = (node(a, Party::A), node(b, Party::B));
+            let m = (1u128 << w) - 1;
+            let c =
+                |v: u128, k: &WriteKey| short_proof(v, k.tree.salt, x, w) ^ (mask(v) & k.cs[0] & m);
+            c(va, a) == c(vb, b)
+        })
+    }
+
+    #[test]
+    fn the_distinct_halves_birthday_attack_costs_what_the_argument_says() {
+        let mut report = String::new();
+        for (w, runs) in [(16u32, 4u8), (20, 4), (24, 3), (28, 2), (32, 1)] {
+            for run in 0..runs {
+                let (a, b, evaluations) = birthday_forgery(w, (w as u8).wrapping_mul(16) ^ run);
+                assert_ne!(a.encode(), b.encode(), "distinct halves");
+                assert!(
+                    accepted_at_width(&a, &b, w),
+                    "width {w}: the collision passes"
+                );
+                // It writes two slots ...
+                for x in 0..2 {
+                    assert_ne!(a.eval_point(Party::A, x), b.eval_point(Party::B, x));
+                }
+                // ... and the full-width audit refuses it.
+                let [va, vb] = audit_values(&a, &b, 16, &AuditChallenge([w as u8; 16]));
+                assert_ne!(va, vb);
+                let ratio = evaluations as f64 / 2f64.powf(f64::from(w) / 2.0);
+                report += &format!("width {w}: {evaluations} evaluations, {ratio:.1} x 2^(w/2)\n");
+                // About 4 x 2^(w/2) to fill the list (a quarter of A's roots are usable) plus
+                // a geometric number of B tries with mean 2^(w/2): the cost grows as 2^(w/2).
+                assert!(
+                    (1.0..=64.0).contains(&ratio),
+                    "width {w}: {evaluations} evaluations is not about 2^(w/2)\n{report}"
+                );
+            }
+        }
+        eprintln!("{report}");
     }
 }

@@ -391,6 +391,11 @@ fn bad_encodings_are_rejected_with_typed_errors() {
     );
     assert_eq!(ReadKey::decode(&we, 10), Err(DecodeError::Kind(2)));
     assert_eq!(WriteKey::decode(&re, 10, 32), Err(DecodeError::Kind(1)));
+    // A version 1 write key (its audit could be forged) is refused as such.
+    assert_eq!(
+        WriteKey::decode(&with(we.clone(), 0, 1), 10, 32),
+        Err(DecodeError::Version(1))
+    );
     assert_eq!(
         ReadKey::decode(&re, 11),
         Err(DecodeError::Domain { got: 10, want: 11 })
