@@ -42,7 +42,7 @@
 //! `cs = pi(alpha, v_A) ^ pi(alpha, v_B)`, so for an honest pair `pi~_A = pi~_B` at every leaf.
 //!
 //! Each server reduces its proofs under the challenge `c` (an AES key the servers draw
-//! together after every key of the round is fixed) to
+//! together, unknown to every client while it builds its keys) to
 //! `P = XOR over x and j of kappa(x, j) * pi~_j(x)`, where `kappa(x, j) = AES_c((j << 64) | x)`
 //! and `*` is the carry-less product of two 128-bit polynomials over GF(2), kept whole (255
 //! bits, so no modulus is involved). It outputs
@@ -58,18 +58,28 @@
 //! word. Claim: if the two audit values are equal, the two output shares differ in at most one
 //! slot, except with probability at most
 //!
-//! `Adv_coll(SHA-256) + Adv_prp(AES) + 1 / (2^128 - 2^(n+2)) + 2 q^4 / 2^512`
+//! `Adv_coll(SHA-256) + Adv_prp(AES) + 1 / (2^128 - 2^(n+2)) + 4 q^4 / 2^512`
 //!
-//! for a client that made `q < 2^126` evaluations of the proof hash (AES modelled as an ideal
-//! cipher for the last term; `n` is the domain's bit count). For `q = 2^100` the last term is
-//! `2^-111`; it reaches 1 only near `q = 2^128`: 128-bit security against any offline search,
-//! generalised birthday (Wagner) included.
+//! per write, for a client that made `q < 2^126` evaluations of the proof hash (`n` is the
+//! domain's bit count; `W` forged writes succeed with at most `W` times this). The last term
+//! models AES under the public, structured leaf keys as an ideal cipher, a stronger assumption
+//! than the PRP security the other terms use. For `q = 2^100` the last term is `2^-110`; it
+//! reaches 1 only near `q = 2^127`: 128-bit security against any offline search, generalised
+//! birthday (Wagner) included.
+//!
+//! The claim needs `c` to be independent of everything the client knows when it fixes its
+//! keys. That is a real requirement, not a formality: `cs` enters `P` linearly, so a client
+//! that knows `c` can take any two-slot pair and solve `XOR_j K_j * cs_j = T` (255 equations
+//! over GF(2) in 512 unknowns) for a `cs` that passes. The servers derive `c` from nonces
+//! that only they hold and never send to clients (`docs/protocol.md`, "Early challenge"); a
+//! server that leaked them could as well corrupt its share of the array, which the published
+//! array hashes catch.
 //!
 //! 1. *Public parts.* Equal SHA-256 outputs mean equal `P` and equal `public_hash` (else a
 //!    collision), hence equal contexts and equal public fields: the halves differ in their
 //!    roots only, and share every correction word, `cw_out` and `cs`.
 //! 2. *Every leaf's proofs agree.* Let `d(x) = pi~_A(x) ^ pi~_B(x)`. By bilinearity
-//!    `P_A ^ P_B = XOR kappa(x, j) * d_j(x)`, and `d` is fixed before `c` exists. Replace
+//!    `P_A ^ P_B = XOR kappa(x, j) * d_j(x)`, and `d` is fixed independently of `c`. Replace
 //!    `AES_c` by a random permutation (`Adv_prp`). If some `d_j(x) != 0`, then given every other
 //!    coefficient, `kappa(x, j)` is uniform over at least `2^128 - 2^(n+2)` values, and
 //!    `k -> k * d_j(x)` is injective (`GF(2)[X]` has no zero divisors), so the sum is zero with
@@ -82,8 +92,8 @@
 //!    (key, input) pairs (different leaves use different keys), and one leaf of each kind needs
 //!    a collision. In the ideal-cipher model the last of the four (or two) queries of any such
 //!    tuple answers uniformly in four independent permutations, so one tuple succeeds with
-//!    probability at most `(2^128 - q)^-4`; a union bound over at most `q^4` tuples gives the
-//!    last term. Whatever the tree, the salt or the roots, no search cheaper than that finds
+//!    probability at most `(2^128 - q)^-4 < (4/3)^4 / 2^512` for `q < 2^126`; a union bound
+//!    over at most `q^4` tuples gives the last term. Whatever the tree, the salt or the roots, no search cheaper than that finds
 //!    two differing leaves, and the bound does not depend on how many proofs a client
 //!    precomputes across rounds.
 //! 4. *Outputs.* A leaf's output share is a function of its node and the shared `cw_out`, so
@@ -94,7 +104,7 @@
 //! The best attack we know is far below that bound: the tree lets a client pick a parent whose
 //! two children are both "control bits differ" leaves, and a collision between one list per
 //! party (`f(r_A) = g(r_B, cw)`) gives a two-slot pair in about `2^256` evaluations.
-//! `write::tests::the_distinct_halves_birthday_attack_costs_what_the_argument_says` runs it at
+//! `write::forgery_tests::the_distinct_halves_birthday_attack_costs_what_the_argument_says` runs it at
 //! reduced widths (16 to 32 bits) and measures 4 to 10 times `2^(w/2)` evaluations. Identical
 //! halves (the version 1 forgery) give a server nothing to check beyond this argument; servers
 //! still refuse a write whose two halves hash the same, as a cheap second line.

@@ -431,7 +431,7 @@ mod x86 {
 
     // ---------------------------------------------------------------------------------------
     // The write audit's leaf proofs (see `proof.rs`): per-leaf AES-128 keys and the fused
-    // Davies-Meyer proof + CBC-MAC sum. Round keys live in a table laid out for 4-lane loads:
+    // Davies-Meyer proofs and their carry-less reduction. Round keys live in a table laid out for 4-lane loads:
     // entry `(((i / 4) * 4 + j) * 11 + r) * 4 + i % 4` is round key `r` of leaf `i`'s block `j`.
     // ---------------------------------------------------------------------------------------
 

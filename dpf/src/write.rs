@@ -324,8 +324,8 @@ impl Worker {
     }
 
     /// XORs slots `lo..hi` of `key`'s share into `out` (skipped when `out` is empty: audit
-    /// only); with an audit, returns the XOR over those leaves `x` of `F_c(x, pi~^x)`, the MAC
-    /// of each corrected leaf proof bound to its leaf index.
+    /// only); with an audit, returns those leaves' part of the reduced proof sum
+    /// `P = XOR kappa(x, j) * pi~_j(x)` (see the crate docs).
     fn accumulate(
         &mut self,
         key: &WriteKey,
@@ -826,8 +826,8 @@ mod forgery_tests {
         })
     }
 
-    /// The leaves' corrected proofs of both parties, compared leaf by leaf: what the MAC sums
-    /// test for (up to the MAC's own error).
+    /// The leaves' corrected proofs of both parties, compared leaf by leaf: what the reduced
+    /// sums test for (up to the reduction's own error).
     fn proofs_agree_at(a: &WriteKey, b: &WriteKey, x: u64) -> bool {
         let mut s = Scratch::default();
         let mut node = |k: &WriteKey, party: Party| {

@@ -114,8 +114,9 @@ pub fn run_audit_until(
     cancelled: &(dyn Fn() -> bool + Sync),
 ) -> Result<AuditResult, ComputeError> {
     let array_len = job.n_slots * job.slot_len;
-    // Keys were validated when received; one that no longer decodes gets a random audit value,
-    // which cannot match the peer's, so the write is dropped by both.
+    // Keys were validated when received; one that no longer decodes gets this server's
+    // "undecodable" audit value, which never matches the peer's, so the write is dropped by
+    // both.
     let decoded: Vec<Option<dpf::WriteKey>> = job
         .writes
         .iter()
@@ -129,7 +130,7 @@ pub fn run_audit_until(
         for &i in ids {
             match &decoded[i] {
                 Some(k) => pairs.push((i, k, job.writes[i].2.as_slice())),
-                None => out.push((i, random_value())),
+                None => out.push((i, undecodable(job.role))),
             }
         }
         let writes: Vec<(&dpf::WriteKey, &[u8])> = pairs.iter().map(|(_, k, c)| (*k, *c)).collect();
@@ -160,7 +161,7 @@ pub fn run_audit_until(
     }
     for (i, f) in filled.iter().enumerate() {
         if !f {
-            values[i] = random_value();
+            values[i] = undecodable(job.role);
         }
     }
     Ok(AuditResult {
@@ -279,21 +280,22 @@ pub fn run_audit_with_early_until(
             .iter()
             .map(|(id, _, _)| AuditValue {
                 request_id: *id,
-                // A key that no longer decodes gets a random value, as in `run_audit`.
-                value: values.get(id).copied().unwrap_or_else(random_value),
+                // A key that no longer decodes, as in `run_audit`.
+                value: values
+                    .get(id)
+                    .copied()
+                    .unwrap_or_else(|| undecodable(job.role)),
             })
             .collect(),
     })
 }
 
-fn random_value() -> [u8; 32] {
-    let mut v = [0u8; 32];
-    // If the OS random source fails, a fixed marker still differs from any real audit value
-    // with overwhelming probability.
-    if getrandom::fill(&mut v).is_err() {
-        v = [0xa5; 32];
-    }
-    v
+/// The audit value a server reports for a key it cannot evaluate: different for the two
+/// servers, so the write always fails the audit (a random value would, except when the OS
+/// random source fails; then both servers' fallback would be equal and the write "pass").
+/// Also never a real audit value: those are SHA-256 outputs of a different prefix.
+pub fn undecodable(role: Role) -> [u8; 32] {
+    protocol::sha256(&[b"mpm/audit-undecodable/".as_slice(), &[role as u8]].concat())
 }
 
 /// `dst ^= src` (equal lengths; extra bytes of the longer are ignored).
@@ -328,4 +330,33 @@ pub fn answer_reads(
         dpf::pir_answer(array, slot_len, &refs, party(role))
     })?;
     Ok(parts.into_iter().flatten().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A key that does not decode gets values that differ between the servers, whatever the
+    /// OS random source does: the write can never pass.
+    #[test]
+    fn an_undecodable_key_never_passes_the_audit() {
+        let job = |role| AuditJob {
+            round: 3,
+            role,
+            n_slots: 16,
+            slot_len: 32,
+            domain_bits: 4,
+            challenge: [7; 16],
+            writes: vec![([1; 16], vec![0xff; 40], b"ctx".to_vec())],
+        };
+        let a = run_audit(&job(Role::A), 1).expect("audit A");
+        let b = run_audit(&job(Role::B), 1).expect("audit B");
+        assert_ne!(a.values[0].value, b.values[0].value);
+        assert_eq!(a.values[0].value, undecodable(Role::A));
+        assert!(a.share.iter().all(|x| *x == 0), "nothing is applied");
+        for role in [Role::A, Role::B] {
+            let r = run_audit_with_early(&job(role), None, 1).expect("audit");
+            assert_eq!(r.values[0].value, undecodable(role));
+        }
+    }
 }

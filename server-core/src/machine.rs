@@ -640,6 +640,16 @@ impl Machine {
         if w.req.account != r.account {
             return Err(err(ErrorCode::BadReceipt, "receipt names another account"));
         }
+        // Identical halves evaluate to zero everywhere on an honest pair, so only a forgery
+        // sends them (the version 1 audit's two-slot forgery did). The audit refuses them on
+        // its own; this is a cheap second line that both servers apply identically, since
+        // each sees both hashes.
+        if w.half_hash == r.half_hash {
+            return Err(err(
+                ErrorCode::BadKey,
+                "the two halves of this write are identical",
+            ));
+        }
         if let Some(existing) = st.commits.get(&r.request_id) {
             if existing == r {
                 return Ok((

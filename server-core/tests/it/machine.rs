@@ -689,6 +689,63 @@ fn a_malformed_key_pair_fails_the_audit_and_changes_nothing() {
     assert!(net.a.alarms.iter().any(|a| a.contains("failed the audit")));
 }
 
+/// The version 1 audit's two-slot forgery: identical halves refused at commit by both
+/// servers, and the same forgery with distinct roots refused by the audit, while an honest
+/// write of the same round is published.
+#[test]
+fn the_sibling_forgery_is_refused_at_commit_and_by_the_audit() {
+    let p = params();
+    let l = p.slot_len as usize;
+    let mut net = Net::new();
+    let honest = TestClient::new(18);
+    let (cheat, cheat2) = (TestClient::new(19), TestClient::new(20));
+    for c in [&honest, &cheat, &cheat2] {
+        net.register(c);
+    }
+    let wh = honest.write(&p, 0, id(1), 9, &payload(&p, 0x11), 1);
+    net.write_and_commit(at(0, 60), &wh);
+
+    let mut rng = dpf::SeededRandom::new([41; 32]);
+    let fake = payload(&p, 0x44);
+    let (ka, kb) = dpf::attacks::sibling_forgery(p.domain_bits, l, 20, &fake, 0, false, &mut rng)
+        .expect("forgery");
+    let same = cheat.write_from_keys(&p, 0, id(2), &ka, &kb, 40, &fake);
+    let (ra, rb) = net.write(at(0, 61), &same);
+    for (to, receipt) in [(Role::A, rb), (Role::B, ra)] {
+        let req = CommitRequest {
+            fingerprint: p.fingerprint(),
+            peer_receipt: receipt,
+        };
+        let e = net
+            .node(to)
+            .m
+            .handle_commit(at(0, 62), &req)
+            .expect_err("refused");
+        assert_eq!(e.code, ErrorCode::BadKey, "{e:?}");
+        assert!(e.message.contains("identical"), "{e:?}");
+    }
+
+    let (ka, kb) = dpf::attacks::sibling_forgery(p.domain_bits, l, 21, &fake, 2, true, &mut rng)
+        .expect("forgery");
+    let distinct = cheat2.write_from_keys(&p, 0, id(3), &ka, &kb, 42, &fake);
+    net.write_and_commit(at(0, 63), &distinct);
+    net.run(at(0, 100), at(0, 950));
+    let pa = published(&net.a, 0);
+    assert_eq!(pa, published(&net.b, 0));
+    assert_eq!(
+        pa.accepted,
+        vec![id(1)],
+        "only the honest write is accepted"
+    );
+    let m = net.a.m.published_array(0).expect("array");
+    assert_eq!(&m[9 * l..10 * l], wh.payload.as_slice());
+    let nonzero_slots = (0..64)
+        .filter(|s| m[s * l..(s + 1) * l].iter().any(|b| *b != 0))
+        .count();
+    assert_eq!(nonzero_slots, 1, "only the honest slot is written");
+    assert!(net.a.alarms.iter().any(|a| a.contains("failed the audit")));
+}
+
 #[test]
 fn a_round_is_audited_under_the_early_challenge_only_when_both_servers_held_it() {
     let p = params();

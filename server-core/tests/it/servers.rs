@@ -550,6 +550,68 @@ async fn a_malformed_key_pair_is_rejected_by_the_audit_over_tls() {
     pair.b.shutdown().await;
 }
 
+/// The version 1 audit's two-slot forgery over TLS: identical halves refused at commit, the
+/// distinct-roots variant refused by the audit, an honest write of the round delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sibling_forgery_is_refused_over_tls() {
+    let mut pair = start_pair(Registration::Open).await;
+    let p = pair.p;
+    let l = p.slot_len as usize;
+    let (honest, cheat, cheat2) = (
+        TestClient::new(24),
+        TestClient::new(25),
+        TestClient::new(26),
+    );
+    for c in [&honest, &cheat, &cheat2] {
+        register_both(&pair, c).await;
+    }
+
+    let r = next_round(&p);
+    sleep_until(p.at_offset_ms(r, p.send_offset_ms)).await;
+    let wh = honest.write(&p, r, [1; 16], 5, &payload(&p, 0x55), 1);
+    write(&pair, &wh, true, true).await;
+
+    let mut rng = dpf::SeededRandom::new([98; 32]);
+    let fake = payload(&p, 0x66);
+    let (ka, kb) = dpf::attacks::sibling_forgery(p.domain_bits, l, 30, &fake, 0, false, &mut rng)
+        .expect("forgery");
+    let same = cheat.write_from_keys(&p, r, [2; 16], &ka, &kb, 60, &fake);
+    let (ra, rb) = write(&pair, &same, false, false).await;
+    for (server, receipt) in [(&pair.a, rb), (&pair.b, ra)] {
+        let (status, e) = call!(
+            server.client(),
+            paths::COMMIT,
+            CommitRequest {
+                fingerprint: p.fingerprint(),
+                peer_receipt: receipt
+            },
+            CommitAck
+        )
+        .expect_err("identical halves");
+        assert_eq!((status, e.code), (400, ErrorCode::BadKey), "{e:?}");
+    }
+
+    let (ka, kb) = dpf::attacks::sibling_forgery(p.domain_bits, l, 31, &fake, 2, true, &mut rng)
+        .expect("forgery");
+    let distinct = cheat2.write_from_keys(&p, r, [3; 16], &ka, &kb, 62, &fake);
+    write(&pair, &distinct, true, true).await;
+
+    sleep_until(p.at_offset_ms(r + 2, p.send_offset_ms)).await;
+    let got = read(&pair, &honest, r + 2, &[5, 60], 3).await;
+    assert_eq!(
+        got[0], wh.payload,
+        "honest write of the same round is delivered"
+    );
+    let got2 = read(&pair, &cheat, r + 2, &[61, 62], 4).await;
+    let got3 = read(&pair, &cheat2, r + 2, &[63, 0], 5).await;
+    for a in [&got[1], &got2[0], &got2[1], &got3[0]] {
+        assert!(a.iter().all(|b| *b == 0), "the forgeries changed nothing");
+    }
+    assert_eq!(published(&pair, r).await.accepted, vec![[1; 16]]);
+    pair.a.shutdown().await;
+    pair.b.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_server_recovers_and_the_peer_port_requires_the_pinned_cert() {
     let mut pair = start_pair(Registration::Open).await;
