@@ -228,7 +228,7 @@ fn main() {
         ));
     });
     row(
-        "  audited (same, + proof and MAC)",
+        "  audited (same, + proofs and reduction)",
         k * slots,
         ours_a,
         None,

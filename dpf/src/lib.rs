@@ -108,6 +108,8 @@
 //! reduced widths (16 to 32 bits) and measures 4 to 10 times `2^(w/2)` evaluations. Identical
 //! halves (the version 1 forgery) give a server nothing to check beyond this argument; servers
 //! still refuse a write whose two halves hash the same, as a cheap second line.
+//! An adversarial review of this construction and what it tried is in
+//! `docs/audit-review.md`.
 //!
 //! The audit adds, per leaf and key, four Davies-Meyer blocks under the leaf's keys and four
 //! carry-less products (on a different execution port from the AES rounds); per leaf and run of
