@@ -85,6 +85,12 @@ pub enum Action {
         /// Its challenge, if both servers agree to use it.
         challenge: [u8; 16],
     },
+    /// The server cannot go on safely (the OS random source failed): it stops, and the
+    /// operator is told why. Rounds in progress are abandoned (a restart rejoins the peer).
+    Fatal {
+        /// What happened.
+        message: String,
+    },
     /// A step of the round close finished (for metrics; measured with the machine's inputs).
     PhaseDone {
         /// The round.
@@ -174,6 +180,9 @@ impl std::fmt::Debug for ReadJob {
 struct StoredWrite {
     req: WriteRequest,
     half_hash: Hash,
+    /// On disk: no receipt is issued (not even to an identical retry) and no commit is taken
+    /// before, so a failed persist or a crash never leaves a receipt for a lost write.
+    durable: bool,
 }
 
 #[derive(Debug, Default)]
@@ -215,8 +224,14 @@ impl RoundState {
     }
 }
 
-/// Fills a buffer with randomness (round nonces). Injected so tests are deterministic.
-pub type RandomFill = Box<dyn FnMut(&mut [u8]) + Send>;
+/// Fills a buffer with randomness (round nonces), or says it cannot. Injected so tests are
+/// deterministic.
+pub type RandomFill = Box<dyn FnMut(&mut [u8]) -> Result<(), NoRandomness> + Send>;
+
+/// The OS random source failed. A round nonce is never replaced by anything predictable (the
+/// audit challenge is derived from the nonces): the server stops instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoRandomness;
 
 /// The round state machine of one server.
 pub struct Machine {
@@ -520,13 +535,20 @@ impl Machine {
         }
         req.check_shape()
             .map_err(|e| err(ErrorCode::Malformed, e.to_string()))?;
-        // An identical retry (the client lost our answer) gets the same receipt again.
+        // An identical retry (the client lost our answer) gets the same receipt again, once
+        // the first copy is on disk (the shell waits for that; see `write_pending`).
         if let Some(prev) = self
             .rounds
             .get(&cur)
             .and_then(|s| s.writes.get(&req.request_id))
             && prev.req == req
         {
+            if !prev.durable {
+                return Err(err(
+                    ErrorCode::Unavailable,
+                    "the first copy of this write is still being stored: send it again",
+                ));
+            }
             return Ok((self.receipt_for(cur, &prev.req, prev.half_hash), Vec::new()));
         }
         {
@@ -568,8 +590,14 @@ impl Machine {
         };
         let st = self.round_mut(cur);
         st.writers.insert(req.account);
-        st.writes
-            .insert(req.request_id, StoredWrite { req, half_hash });
+        st.writes.insert(
+            req.request_id,
+            StoredWrite {
+                req,
+                half_hash,
+                durable: false,
+            },
+        );
         Ok((receipt, vec![action]))
     }
 
@@ -588,6 +616,26 @@ impl Machine {
             request_id: req.request_id,
             half_hash,
             signature: protocol::sign(&self.cfg.signing_key, &msg),
+        }
+    }
+
+    /// Whether `req` is an identical copy of a write whose first copy is still being
+    /// persisted (the shell waits for it to settle, then calls [`Machine::handle_write`]).
+    pub fn write_pending(&self, req: &WriteRequest) -> bool {
+        self.rounds
+            .get(&req.round)
+            .and_then(|s| s.writes.get(&req.request_id))
+            .is_some_and(|w| !w.durable && w.req == *req)
+    }
+
+    /// The write's record is on disk: its receipt may be sent, to it and to identical retries.
+    pub fn write_persisted(&mut self, round: u64, request_id: &RequestId) {
+        if let Some(w) = self
+            .rounds
+            .get_mut(&round)
+            .and_then(|s| s.writes.get_mut(request_id))
+        {
+            w.durable = true;
         }
     }
 
@@ -639,6 +687,12 @@ impl Machine {
             .ok_or_else(|| err(ErrorCode::UnknownWrite, "no such write"))?;
         if w.req.account != r.account {
             return Err(err(ErrorCode::BadReceipt, "receipt names another account"));
+        }
+        if !w.durable {
+            return Err(err(
+                ErrorCode::Unavailable,
+                "this write is still being stored: commit it again",
+            ));
         }
         // Identical halves evaluate to zero everywhere on an honest pair, so only a forgery
         // sends them (the version 1 audit's two-slot forgery did). The audit refuses them on
@@ -1084,7 +1138,15 @@ impl Machine {
             // The early challenge of this round, if we hold both nonces of the round before.
             let early_challenge = self.early_challenge_of(round);
             let mut nonce = [0u8; 32];
-            (self.rng)(&mut nonce);
+            if (self.rng)(&mut nonce).is_err() {
+                actions.extend(self.abandon(round, AbandonReason::LocalStateLost, true));
+                actions.push(Action::Fatal {
+                    message: "the OS random source failed, so no round nonce can be drawn: \
+                              stopping (restart once the random source works)"
+                        .into(),
+                });
+                return actions;
+            }
             let st = self.rounds.entry(round).or_default();
             let frozen = SetsMessage {
                 round,
@@ -1429,8 +1491,14 @@ impl Machine {
             let req: WriteRequest = codec::decode(bytes).ok()?;
             let half_hash = protocol::sha256(&req.key);
             st.writers.insert(req.account);
-            st.writes
-                .insert(req.request_id, StoredWrite { req, half_hash });
+            st.writes.insert(
+                req.request_id,
+                StoredWrite {
+                    req,
+                    half_hash,
+                    durable: true,
+                },
+            );
             return Some(());
         }
         if name.starts_with("commit-") {

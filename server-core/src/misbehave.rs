@@ -38,6 +38,11 @@ pub enum Kind {
         /// The victim.
         account: AccountId,
     },
+    /// A failing disk: persisting a write record takes `delay_ms`, then fails.
+    FailWritePersist {
+        /// How long the failing persist takes.
+        delay_ms: u64,
+    },
 }
 
 /// A misbehaviour and the rounds it applies to (for reads: the round the read is sent in).
@@ -79,6 +84,18 @@ impl Misbehave {
                 PeerMessage::Shares(m)
             }
             (_, msg) => msg,
+        }
+    }
+
+    /// How long persisting the record `name` of `round` takes before it fails, if it does.
+    pub fn failing_persist(&self, round: Option<u64>, name: &str) -> Option<u64> {
+        match self.kind {
+            Kind::FailWritePersist { delay_ms }
+                if name.starts_with("write-") && round.is_some_and(|r| self.active(r)) =>
+            {
+                Some(delay_ms)
+            }
+            _ => None,
         }
     }
 

@@ -5,7 +5,7 @@ use crate::compute::{ComputeError, answer_reads, run_audit_with_early_until, wor
 use crate::config::{Config, ConfigError, load_signing_key};
 use crate::early::EarlyApply;
 use crate::health::{ReadinessInput, readiness};
-use crate::machine::{Action, ApiError, Machine, MachineConfig, ReadJob};
+use crate::machine::{Action, ApiError, Machine, MachineConfig, NoRandomness, ReadJob};
 use crate::metrics::Metrics;
 use crate::store::{RecordKey, Store, StoreError};
 use protocol::{ErrorCode, ErrorResponse, Params, PeerAck, PeerMessage, Role, codec, paths};
@@ -23,6 +23,10 @@ use transport::{HttpsClient, Identity, Request, Response, ServerLimits};
 /// After a shutdown request, how long past the publish deadline of the round current at the
 /// request the server keeps waiting for the peer to acknowledge its last messages.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(1);
+
+/// How long an identical retry waits for its first copy's persist before it is answered
+/// `Unavailable` (a group commit normally takes milliseconds).
+const RETRY_WAIT: Duration = Duration::from_secs(5);
 /// Client port: time allowed for a TLS handshake.
 pub const CLIENT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Client port: time allowed for a request's headers (also the idle keep-alive limit), and
@@ -48,6 +52,9 @@ pub enum ServerError {
     /// Storage problem at start-up.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The server could not go on safely and stopped (see the message).
+    #[error("stopped: {0}")]
+    Fatal(String),
     /// Socket problem.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
@@ -93,6 +100,13 @@ struct Shared {
     early: Arc<EarlyApply>,
     /// Records to persist, group-committed by [`persister`].
     persists: mpsc::Sender<PersistJob>,
+    /// Woken whenever a fresh write's persist settles (done or failed): identical retries
+    /// wait on it, so no receipt is ever sent for a write that is not on disk.
+    write_settled: tokio::sync::Notify,
+    /// Set (and `fatal_notify` woken) when the machine asks to stop: `run` then stops and
+    /// returns [`ServerError::Fatal`].
+    fatal: Mutex<Option<String>>,
+    fatal_notify: tokio::sync::Notify,
     /// Test-only misbehaviour (see [`crate::misbehave`]).
     #[cfg(feature = "misbehave")]
     misbehave: Option<crate::misbehave::Misbehave>,
@@ -145,6 +159,18 @@ async fn persister(store: Store, mut rx: mpsc::Receiver<PersistJob>) {
 impl Shared {
     /// Persists one record (through the group committer).
     async fn persist(&self, key: RecordKey, bytes: Arc<Vec<u8>>) -> Result<(), StoreError> {
+        #[cfg(feature = "misbehave")]
+        if let Some(ms) = self
+            .misbehave
+            .as_ref()
+            .and_then(|m| m.failing_persist(key.round, &key.name))
+        {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            return Err(StoreError::Io {
+                path: key.name.clone(),
+                source: std::io::Error::other("misbehave: failing disk"),
+            });
+        }
         let (done, wait) = oneshot::channel();
         let stopped = || StoreError::Io {
             path: key.name.clone(),
@@ -336,16 +362,7 @@ pub async fn run_with_force(
             registration: config.registration.clone(),
             registrations_per_minute: config.registrations_per_minute,
         },
-        Box::new(|buf: &mut [u8]| {
-            if getrandom::fill(buf).is_err() {
-                // Without OS randomness the nonce is still unique per process run and round;
-                // admission seeds also mix in the peer's nonce.
-                let t = now_ms().to_le_bytes();
-                for (i, b) in buf.iter_mut().enumerate() {
-                    *b = t[i % 8] ^ (i as u8);
-                }
-            }
-        }),
+        Box::new(|buf: &mut [u8]| getrandom::fill(buf).map_err(|_| NoRandomness)),
     );
     #[cfg(feature = "misbehave")]
     if let Some(m) = &config.misbehave {
@@ -388,6 +405,9 @@ pub async fn run_with_force(
         pending_deliveries: Mutex::new(BTreeMap::new()),
         background: Mutex::new(JoinSet::new()),
         persists: persist_tx,
+        write_settled: tokio::sync::Notify::new(),
+        fatal: Mutex::new(None),
+        fatal_notify: tokio::sync::Notify::new(),
         early: Arc::new(EarlyApply::start(
             role,
             params.domain_bits,
@@ -522,9 +542,15 @@ pub async fn run_with_force(
         });
     }
     tracing::info!(role = %role, "server running");
-    shutdown.await;
+    let fatal = tokio::select! {
+        _ = shutdown => false,
+        _ = shared.fatal_notify.notified() => true,
+    };
+    // A fatal stop does not drain: finishing rounds needs what just failed. The peer abandons
+    // them at their deadlines and a restart rejoins it.
     tokio::select! {
-        _ = drain(&shared) => {}
+        _ = drain(&shared), if !fatal => {}
+        _ = std::future::ready(()), if fatal => {}
         _ = force => {
             tracing::warn!(
                 "second stop request: stopping without finishing the rounds in progress; a \
@@ -554,7 +580,15 @@ pub async fn run_with_force(
     }
     // Every state change was persisted before it took effect; nothing is left to flush.
     tracing::info!(role = %role, "stopped");
-    Ok(())
+    let fatal = shared
+        .fatal
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    match fatal {
+        Some(message) => Err(ServerError::Fatal(message)),
+        None => Ok(()),
+    }
 }
 
 /// A listener returned: expected at shutdown; otherwise the server is no longer ready.
@@ -708,6 +742,17 @@ fn execute(
                         }
                         return Err(e);
                     }
+                }
+                Action::Fatal { message } => {
+                    tracing::error!(%message, "stopping");
+                    shared
+                        .fatal
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_or_insert(message);
+                    // `notify_one` keeps a permit, so `run` sees it even if it is not waiting
+                    // yet.
+                    shared.fatal_notify.notify_one();
                 }
                 Action::SendPeer(msg) => {
                     #[cfg(feature = "misbehave")]
@@ -1048,6 +1093,21 @@ async fn client_request(
         }
         "write" => {
             let w: protocol::WriteRequest = decode(body)?;
+            // An identical retry of a write whose first copy is still being persisted waits
+            // until that settles: it then gets the receipt (stored) or is taken as a fresh
+            // write (the first copy failed and was rolled back). Bounded: past the wait,
+            // `handle_write` answers `Unavailable` and the client sends it again.
+            let wait_until = tokio::time::Instant::now() + RETRY_WAIT;
+            loop {
+                let settled = shared.write_settled.notified();
+                tokio::pin!(settled);
+                settled.as_mut().enable();
+                if !shared.machine().write_pending(&w)
+                    || tokio::time::timeout_at(wait_until, settled).await.is_err()
+                {
+                    break;
+                }
+            }
             let (round, id) = (w.round, w.request_id);
             let key = w.key.clone();
             let ctx = protocol::write_ctx(round, &id, &w.account);
@@ -1084,9 +1144,25 @@ async fn client_request(
                 (receipt, actions, reservation)
             };
             let fresh = !actions.is_empty();
-            if let Err(e) = execute(shared.clone(), actions).await {
-                shared.machine().rollback_write(round, &id);
-                return Err(internal(e));
+            // Settled in a task of its own, so a client that hangs up mid-persist cannot
+            // leave the write neither stored nor rolled back.
+            let settle = {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let res = execute(shared.clone(), actions).await;
+                    match &res {
+                        Err(_) => shared.machine().rollback_write(round, &id),
+                        Ok(()) if fresh => shared.machine().write_persisted(round, &id),
+                        Ok(()) => {}
+                    }
+                    shared.write_settled.notify_waiters();
+                    res
+                })
+            };
+            match settle.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(internal(e)),
+                Err(_) => return Err(api(ErrorCode::Internal, "cannot persist, try again")),
             }
             if fresh {
                 // Persisted and acknowledged: apply it to the round's share while the round

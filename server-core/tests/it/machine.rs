@@ -4,7 +4,7 @@ use crate::common::*;
 use protocol::*;
 use server_core::compute::{answer_reads, run_audit};
 use server_core::config::Registration;
-use server_core::machine::{Action, Machine, MachineConfig, RandomFill, RoundPhase};
+use server_core::machine::{Action, Machine, MachineConfig, NoRandomness, RandomFill, RoundPhase};
 use server_core::store::RecordKey;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -66,6 +66,7 @@ fn rng(seed: u8) -> RandomFill {
         for (i, x) in b.iter_mut().enumerate() {
             *x = seed ^ c ^ (i as u8);
         }
+        Ok(())
     })
 }
 
@@ -89,6 +90,11 @@ impl Node {
         for a in actions {
             match a {
                 Action::Persist { key, bytes } => {
+                    // On disk: a write's receipt may now be sent (as the shell does).
+                    if let (Some(round), Some(id)) = (key.round, key.name.strip_prefix("write-")) {
+                        let id: RequestId = hex::decode(id).expect("hex").try_into().expect("id");
+                        self.m.write_persisted(round, &id);
+                    }
                     self.disk.insert(key, bytes.to_vec());
                 }
                 Action::SendPeer(m) => self.outbox.push(m),
@@ -403,6 +409,54 @@ fn reads_are_refused_until_final_and_must_name_the_lagged_round() {
         .expect("the first read's identical retry, after a restart");
 }
 
+/// No receipt, not even for an identical retry, and no commit before a write is on disk; a
+/// write whose persist failed is gone, and the same request is then a fresh write.
+#[test]
+fn a_write_is_acknowledged_only_once_it_is_on_disk() {
+    let p = params();
+    let mut net = Net::new();
+    let c = TestClient::new(5);
+    net.register(&c);
+    let w = c.write(&p, 0, id(1), 3, &payload(&p, 1), 1);
+    // The first copy: its Persist action is not carried out yet.
+    let (receipt, actions) = net.a.m.handle_write(at(0, 60), w.a.clone()).expect("write");
+    assert_eq!(actions.len(), 1);
+    assert!(net.a.m.write_pending(&w.a));
+    let e = net
+        .a
+        .m
+        .handle_write(at(0, 61), w.a.clone())
+        .expect_err("no receipt before the first copy is stored");
+    assert_eq!(e.code, ErrorCode::Unavailable, "{e:?}");
+    let (rb, ab) = net
+        .b
+        .m
+        .handle_write(at(0, 61), w.b.clone())
+        .expect("write B");
+    net.b.apply(at(0, 61), ab);
+    let commit = CommitRequest {
+        fingerprint: p.fingerprint(),
+        peer_receipt: rb,
+    };
+    let e = net
+        .a
+        .m
+        .handle_commit(at(0, 62), &commit)
+        .expect_err("no commit before the write is stored");
+    assert_eq!(e.code, ErrorCode::Unavailable, "{e:?}");
+    // The persist failed: rolled back, and the same request is a fresh write again.
+    net.a.m.rollback_write(0, &id(1));
+    assert!(!net.a.m.write_pending(&w.a));
+    let (again, actions) = net.a.m.handle_write(at(0, 63), w.a.clone()).expect("fresh");
+    assert_eq!(again, receipt);
+    net.a.apply(at(0, 63), actions);
+    assert!(!net.a.m.write_pending(&w.a));
+    let (same, none) = net.a.m.handle_write(at(0, 64), w.a.clone()).expect("retry");
+    assert_eq!((same, none.len()), (receipt, 0));
+    let (_, actions) = net.a.m.handle_commit(at(0, 65), &commit).expect("commit");
+    net.a.apply(at(0, 65), actions);
+}
+
 #[test]
 fn duplicate_writes_and_bad_writes_are_rejected() {
     let p = params();
@@ -481,18 +535,7 @@ fn duplicate_writes_and_bad_writes_are_rejected() {
         ErrorCode::ParamsMismatch
     );
     // A commit with our own receipt (not the peer's) is refused; a forged one too.
-    let (ra, rb) = (
-        net.a
-            .m
-            .handle_write(at(0, 63), wd.a.clone())
-            .expect("write")
-            .0,
-        net.b
-            .m
-            .handle_write(at(0, 63), wd.b.clone())
-            .expect("write")
-            .0,
-    );
+    let (ra, rb) = net.write(at(0, 63), &wd);
     let own = CommitRequest {
         fingerprint: p.fingerprint(),
         peer_receipt: ra.clone(),
@@ -1008,8 +1051,7 @@ fn admission_keeps_max_writers_chosen_identically() {
             n.apply(T0, a);
         }
         let w = c.write(&p, 0, id(i), u64::from(i), &payload(&p, i), i);
-        let (ra, _) = net.a.m.handle_write(at(0, 60), w.a.clone()).expect("a");
-        let (rb, _) = net.b.m.handle_write(at(0, 60), w.b.clone()).expect("b");
+        let (ra, rb) = net.write(at(0, 60), &w);
         net.a
             .m
             .handle_commit(
@@ -1158,6 +1200,40 @@ fn registration_policy_invites_and_rate_limit() {
     );
     m.handle_register(T0 + 60_000, &TestClient::new(80).register(&p))
         .expect("next minute");
+}
+
+/// Round nonces feed the audit challenge: when the OS random source fails the server stops
+/// (abandoning the round, with an alarm) rather than drawing a predictable nonce.
+#[test]
+fn a_failing_random_source_stops_the_server_instead_of_drawing_a_predictable_nonce() {
+    let p = params();
+    let ka = signing_key_from_bytes(&[0xa0; 32]);
+    let kb = signing_key_from_bytes(&[0xb0; 32]);
+    let mut m = Machine::new(
+        machine_cfg(Role::A, p, &ka, &kb),
+        Box::new(|_: &mut [u8]| Err(NoRandomness)),
+    );
+    let actions = m.tick(at(0, p.cutoff_ms));
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Fatal { message } if message.contains("random source"))),
+        "{actions:?}"
+    );
+    assert!(actions.iter().any(|a| matches!(
+        a,
+        Action::Abandoned {
+            round: 0,
+            reason: AbandonReason::LocalStateLost
+        }
+    )));
+    assert!(actions.iter().any(|a| matches!(a, Action::Alarm { .. })));
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::SendPeer(PeerMessage::Sets(_)))),
+        "no nonce is ever sent: {actions:?}"
+    );
 }
 
 #[test]

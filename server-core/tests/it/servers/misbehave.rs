@@ -223,3 +223,73 @@ async fn corrupted_read_answers_hit_only_their_victim_and_only_while_they_last()
     assert_eq!(bob_sees, vec![o.wa.payload.clone(), o.wb.payload.clone()]);
     delivered_after_it_stops(&mut o).await;
 }
+
+/// A failing disk at B (persisting a write takes 300 ms, then fails) and a client that sends
+/// the same write twice, 50 ms apart: the retry waits for the first copy instead of getting a
+/// receipt at once, so B never acknowledges a write it does not hold. B abandons the round
+/// for its own lost state; A is not accused of anything and accuses nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_gets_no_receipt_before_its_first_copy_is_on_disk() {
+    let alice = TestClient::new(65);
+    let cell = std::sync::Mutex::new(None::<u64>);
+    let mut pair = start_pair_with(Registration::Open, |c| {
+        if c.role == Role::B {
+            let r = next_round(&c.params) + 2;
+            *cell.lock().expect("lock") = Some(r);
+            c.misbehave = Some(Misbehave {
+                kind: Kind::FailWritePersist { delay_ms: 300 },
+                rounds: r..r + 1,
+            });
+        }
+    })
+    .await;
+    let r = cell.lock().expect("lock").expect("B configured");
+    let p = pair.p;
+    register_both(&pair, &alice).await;
+    sleep_until(p.at_offset_ms(r, p.send_offset_ms)).await;
+    let wa = alice.write(&p, r, [0x65; 16], 17, &payload(&p, 0xa5), 1);
+    let ra = call!(pair.a.client(), paths::WRITE, wa.a.clone(), Receipt).expect("write A");
+    let first = async { call!(pair.b.client(), paths::WRITE, wa.b.clone(), Receipt) };
+    let retry = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        call!(pair.b.client(), paths::WRITE, wa.b.clone(), Receipt)
+    };
+    let (first, retry) = tokio::join!(first, retry);
+    let (status, e) = first.expect_err("the first copy is not stored");
+    assert_eq!((status, e.code), (500, ErrorCode::Internal), "{e:?}");
+    // The retry is then a fresh write, which fails on the same disk (or, on a slow machine,
+    // finds the write window closed): either way, no receipt.
+    let (status, e) = retry.expect_err("no receipt for the retry");
+    assert!(
+        matches!(e.code, ErrorCode::Internal | ErrorCode::TooLate),
+        "{status}: {e:?}"
+    );
+    // The client holds A's receipt only, so it commits nothing; A's receipt alone is no
+    // commit at B.
+    let (status, e) = call!(
+        pair.b.client(),
+        paths::COMMIT,
+        CommitRequest {
+            fingerprint: p.fingerprint(),
+            peer_receipt: ra
+        },
+        CommitAck
+    )
+    .expect_err("B holds no such write");
+    assert_eq!(e.code, ErrorCode::UnknownWrite, "{status}: {e:?}");
+    sleep_until(p.at_offset_ms(r, p.publish_deadline_ms) + 100).await;
+    let (sa, sb) = (pair.a.status(r).await, pair.b.status(r).await);
+    assert!(
+        matches!(sb, RoundStatus::Abandoned(AbandonReason::LocalStateLost)),
+        "B: {sb:?}"
+    );
+    assert!(
+        !matches!(
+            sa,
+            RoundStatus::Abandoned(AbandonReason::PeerOmittedWrite { .. })
+        ),
+        "A accuses B of nothing: {sa:?}"
+    );
+    pair.a.shutdown().await;
+    pair.b.shutdown().await;
+}
