@@ -26,7 +26,13 @@ fn machine() -> Machine {
         registration: Registration::Open,
         registrations_per_minute: 60,
     };
-    Machine::new(cfg, Box::new(|b: &mut [u8]| b.fill(0x5a)))
+    Machine::new(
+        cfg,
+        Box::new(|b: &mut [u8]| {
+            b.fill(0x5a);
+            Ok(())
+        }),
+    )
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -224,6 +224,23 @@ impl RoundState {
     }
 }
 
+/// Source addresses tracked per minute for the registration limit; past it, registrations
+/// wait for the next minute (bounds the table whatever the number of addresses).
+const MAX_REG_SOURCES: usize = 65_536;
+
+/// Whether the token with SHA-256 `h` is one of `tokens`, in time independent of the tokens'
+/// contents: every token is hashed and compared in full, without an early exit.
+fn invite_matches(tokens: &[String], h: &Hash) -> bool {
+    let mut found = 0u8;
+    for t in tokens {
+        let d = protocol::sha256(t.as_bytes());
+        let diff = d.iter().zip(h).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        // 1 exactly when `diff` is 0, without a branch.
+        found |= ((u16::from(diff) + 0xff) >> 8) as u8 ^ 1;
+    }
+    found == 1
+}
+
 /// Fills a buffer with randomness (round nonces), or says it cannot. Injected so tests are
 /// deterministic.
 pub type RandomFill = Box<dyn FnMut(&mut [u8]) -> Result<(), NoRandomness> + Send>;
@@ -241,7 +258,8 @@ pub struct Machine {
     accounts: HashSet<AccountId>,
     used_invites: HashSet<Hash>,
     reg_minute: u64,
-    reg_count: u32,
+    /// Registrations accepted this minute, per source address (cleared every minute).
+    reg_counts: HashMap<std::net::IpAddr, u32>,
     rounds: BTreeMap<u64, RoundState>,
     zero: Option<Arc<Vec<u8>>>,
     forgotten_below: u64,
@@ -280,7 +298,7 @@ impl Machine {
             accounts: HashSet::new(),
             used_invites: HashSet::new(),
             reg_minute: 0,
-            reg_count: 0,
+            reg_counts: HashMap::new(),
             rounds: BTreeMap::new(),
             zero: None,
             forgotten_below: 0,
@@ -420,10 +438,13 @@ impl Machine {
 
     /// `Register`: verifies proof of possession and policy; the returned actions persist the
     /// account (and the consumed invite) and must complete before the response is sent.
+    /// `source` is the connection's address: the rate limit is per source, so one address
+    /// cannot use up everybody's registrations.
     pub fn handle_register(
         &mut self,
         now: u64,
         req: &RegisterRequest,
+        source: std::net::IpAddr,
     ) -> Result<(RegisterResponse, Vec<Action>), ApiError> {
         self.check_fingerprint(&req.fingerprint)?;
         req.check_shape()
@@ -444,6 +465,19 @@ impl Machine {
                 Vec::new(),
             ));
         }
+        // Checked before an invite is consumed, so a refused registration burns nothing.
+        let minute = now / 60_000;
+        if minute != self.reg_minute {
+            self.reg_minute = minute;
+            self.reg_counts.clear();
+        }
+        let used = self.reg_counts.get(&source).copied().unwrap_or(0);
+        if used >= self.cfg.registrations_per_minute || self.reg_counts.len() >= MAX_REG_SOURCES {
+            return Err(err(
+                ErrorCode::RateLimited,
+                "too many registrations from this address, retry later",
+            ));
+        }
         let mut actions = Vec::new();
         match &self.cfg.registration {
             Registration::Closed => {
@@ -460,10 +494,10 @@ impl Machine {
                         "an invite token is required",
                     )
                 })?;
-                if !tokens.iter().any(|t| t.as_bytes() == token) {
+                let h = protocol::sha256(token);
+                if !invite_matches(tokens, &h) {
                     return Err(err(ErrorCode::RegistrationRefused, "unknown invite token"));
                 }
-                let h = protocol::sha256(token);
                 if self.used_invites.contains(&h) {
                     return Err(err(
                         ErrorCode::RegistrationRefused,
@@ -477,18 +511,7 @@ impl Machine {
                 });
             }
         }
-        let minute = now / 60_000;
-        if minute != self.reg_minute {
-            self.reg_minute = minute;
-            self.reg_count = 0;
-        }
-        if self.reg_count >= self.cfg.registrations_per_minute {
-            return Err(err(
-                ErrorCode::RateLimited,
-                "too many registrations, retry later",
-            ));
-        }
-        self.reg_count += 1;
+        *self.reg_counts.entry(source).or_insert(0) += 1;
         self.accounts.insert(req.account);
         actions.push(Action::Persist {
             key: RecordKey::global(format!("account-{}", hex::encode(req.account))),
@@ -530,11 +553,16 @@ impl Machine {
         if p.phase_at(cur, now) != Phase::Open {
             return Err(err(ErrorCode::TooLate, "writes for this round are closed"));
         }
+        req.check_shape()
+            .map_err(|e| err(ErrorCode::Malformed, e.to_string()))?;
+        // The signature first: whether an account is registered, or already wrote this round,
+        // is told only to the account's key holder.
+        let msg = protocol::write_message(req.round, &req.request_id, &req.public_hash);
+        protocol::verify(&req.account, &msg, &req.signature)
+            .map_err(|_| err(ErrorCode::BadSignature, "write signature does not verify"))?;
         if !self.accounts.contains(&req.account) {
             return Err(err(ErrorCode::UnknownAccount, "account is not registered"));
         }
-        req.check_shape()
-            .map_err(|e| err(ErrorCode::Malformed, e.to_string()))?;
         // An identical retry (the client lost our answer) gets the same receipt again, once
         // the first copy is on disk (the shell waits for that; see `write_pending`).
         if let Some(prev) = self
@@ -566,9 +594,6 @@ impl Machine {
                 ));
             }
         }
-        let msg = protocol::write_message(req.round, &req.request_id, &req.public_hash);
-        protocol::verify(&req.account, &msg, &req.signature)
-            .map_err(|_| err(ErrorCode::BadSignature, "write signature does not verify"))?;
         let slot_len = p.slot_len as usize;
         if req.key.len() != dpf::WriteKey::encoded_len(p.domain_bits, slot_len) {
             return Err(err(ErrorCode::BadKey, "write key has the wrong length"));
@@ -766,11 +791,16 @@ impl Machine {
                 "reads name array round = round - read_lag",
             ));
         }
+        req.check_shape(&p)
+            .map_err(|e| err(ErrorCode::Malformed, e.to_string()))?;
+        // The signature first, as for writes: registration and "already read" are told only
+        // to the account's key holder.
+        let msg = protocol::read_message(req.round, req.array_round, &req.account, &req.keys);
+        protocol::verify(&req.account, &msg, &req.signature)
+            .map_err(|_| err(ErrorCode::BadSignature, "read signature does not verify"))?;
         if !self.accounts.contains(&req.account) {
             return Err(err(ErrorCode::UnknownAccount, "account is not registered"));
         }
-        req.check_shape(&p)
-            .map_err(|e| err(ErrorCode::Malformed, e.to_string()))?;
         // One read per account and round; an identical retry is answered again (it reveals
         // nothing new), a different second read is refused.
         let digest = protocol::sha256(&codec::encode(req));
@@ -785,9 +815,6 @@ impl Machine {
                 "this account already read this round",
             ));
         }
-        let msg = protocol::read_message(req.round, req.array_round, &req.account, &req.keys);
-        protocol::verify(&req.account, &msg, &req.signature)
-            .map_err(|_| err(ErrorCode::BadSignature, "read signature does not verify"))?;
         let want = dpf::ReadKey::encoded_len(p.domain_bits);
         let mut keys = Vec::with_capacity(req.keys.len());
         for k in &req.keys {

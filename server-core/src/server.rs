@@ -1046,7 +1046,7 @@ async fn handle_client(shared: Arc<Shared>, req: Request) -> Response {
             &api(ErrorCode::NotFound, "use POST"),
         );
     }
-    match client_request(&shared, endpoint, &req.body).await {
+    match client_request(&shared, endpoint, &req.body, req.remote_ip).await {
         Ok(body) => Response::binary(200, body),
         Err(e) => {
             tracing::debug!(endpoint, code = e.code.as_str(), "request refused");
@@ -1059,6 +1059,7 @@ async fn client_request(
     shared: &Arc<Shared>,
     endpoint: &str,
     body: &[u8],
+    source: std::net::IpAddr,
 ) -> Result<Vec<u8>, ApiError> {
     let now = now_ms();
     let internal = |_| api(ErrorCode::Internal, "cannot persist, try again");
@@ -1076,7 +1077,7 @@ async fn client_request(
             let r: protocol::RegisterRequest = decode(body)?;
             let (resp, actions) = {
                 let mut m = shared.machine();
-                let (resp, actions) = m.handle_register(now, &r)?;
+                let (resp, actions) = m.handle_register(now, &r, source)?;
                 if !actions.is_empty() && shared.draining() {
                     m.rollback_register(&r);
                     return Err(shutting_down());

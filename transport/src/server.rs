@@ -27,6 +27,8 @@ pub struct Request {
     pub body: Vec<u8>,
     /// Pin of the client certificate, when the connection used mutual TLS.
     pub client_pin: Option<Pin>,
+    /// The address the connection came from (for per-source limits).
+    pub remote_ip: std::net::IpAddr,
 }
 
 /// What the handler returns.
@@ -271,7 +273,7 @@ where
                         .map(|c| pin_of(c.as_ref()));
                     serve_conn(
                         TokioIo::new(tls),
-                        client_pin,
+                        (client_pin, remote.ip()),
                         limits,
                         &stats,
                         handler,
@@ -279,7 +281,10 @@ where
                     )
                     .await;
                 }
-                None => serve_conn(TokioIo::new(tcp), None, limits, &stats, handler, stop_rx).await,
+                None => {
+                    let who = (None, remote.ip());
+                    serve_conn(TokioIo::new(tcp), who, limits, &stats, handler, stop_rx).await
+                }
             }
         });
         // Reap finished connections so the set does not grow without bound.
@@ -297,7 +302,7 @@ where
 
 async fn serve_conn<I, H, Fut>(
     io: I,
-    client_pin: Option<Pin>,
+    who: (Option<Pin>, std::net::IpAddr),
     limits: ServerLimits,
     stats: &Arc<ServerStats>,
     handler: H,
@@ -312,7 +317,7 @@ async fn serve_conn<I, H, Fut>(
         let handler = handler.clone();
         let stats = conn_stats.clone();
         async move {
-            let resp = handle(req, client_pin, limits, &stats, handler).await;
+            let resp = handle(req, who, limits, &stats, handler).await;
             let mut out = hyper::Response::new(Full::new(Bytes::from(resp.body)));
             *out.status_mut() = hyper::StatusCode::from_u16(resp.status)
                 .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
@@ -373,7 +378,7 @@ async fn read_body(mut body: Incoming, capacity: usize, max: usize) -> Result<Ve
 
 async fn handle<H, Fut>(
     req: hyper::Request<Incoming>,
-    client_pin: Option<Pin>,
+    (client_pin, remote_ip): (Option<Pin>, std::net::IpAddr),
     limits: ServerLimits,
     stats: &ServerStats,
     handler: H,
@@ -419,6 +424,7 @@ where
         path,
         body,
         client_pin,
+        remote_ip,
     })
     .await
 }

@@ -11,6 +11,9 @@ use std::sync::Arc;
 
 const T0: u64 = 1_000_000;
 
+/// The source address of test registrations.
+const SRC: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+
 fn params() -> Params {
     Params {
         domain_bits: 6,
@@ -236,7 +239,9 @@ impl Net {
     fn register(&mut self, c: &TestClient) {
         let p = params();
         for n in [&mut self.a, &mut self.b] {
-            let (_, actions) = n.m.handle_register(T0, &c.register(&p)).expect("register");
+            let (_, actions) =
+                n.m.handle_register(T0, &c.register(&p), SRC)
+                    .expect("register");
             n.apply(T0, actions);
         }
     }
@@ -457,6 +462,34 @@ fn a_write_is_acknowledged_only_once_it_is_on_disk() {
     net.a.apply(at(0, 65), actions);
 }
 
+/// Whether an account is registered, or already wrote or read this round, is told only to a
+/// request signed by the account's key: anyone else holding the public key learns nothing.
+#[test]
+fn account_state_is_told_only_to_signed_requests() {
+    let p = params();
+    let mut net = Net::new();
+    let member = TestClient::new(7);
+    let stranger = TestClient::new(8);
+    net.register(&member);
+    let w = member.write(&p, 0, id(1), 3, &payload(&p, 1), 1);
+    net.write_and_commit(at(0, 60), &w);
+    let mut forged = member.write(&p, 0, id(2), 4, &payload(&p, 2), 2).a;
+    forged.signature[0] ^= 1;
+    let mut unknown = stranger.write(&p, 0, id(3), 5, &payload(&p, 3), 3).a;
+    unknown.signature[0] ^= 1;
+    for (what, req) in [("already wrote", forged), ("not registered", unknown)] {
+        let e = net.a.m.handle_write(at(0, 61), req).expect_err(what);
+        assert_eq!(e.code, ErrorCode::BadSignature, "{what}: {e:?}");
+    }
+    net.run(at(0, 100), at(2, 10));
+    for c in [&member, &stranger] {
+        let (mut q, _) = c.read(&p, 2, &[1], 4);
+        q.signature[0] ^= 1;
+        let e = net.a.m.handle_read(at(2, 20), &q).expect_err("unsigned");
+        assert_eq!(e.code, ErrorCode::BadSignature, "{e:?}");
+    }
+}
+
 #[test]
 fn duplicate_writes_and_bad_writes_are_rejected() {
     let p = params();
@@ -480,8 +513,8 @@ fn duplicate_writes_and_bad_writes_are_rejected() {
         .handle_write(at(0, 61), w2.a.clone())
         .expect_err("second write");
     assert_eq!(e.code, ErrorCode::Duplicate);
-    let mut same_id = w2.a.clone();
-    same_id.request_id = w1.a.request_id;
+    // Signed, under the used id, with other content.
+    let same_id = c.write(&p, 0, id(1), 4, &payload(&p, 2), 2).a;
     let e = net
         .a
         .m
@@ -1047,7 +1080,9 @@ fn admission_keeps_max_writers_chosen_identically() {
     for i in 0..8u8 {
         let c = TestClient::new(50 + i);
         for n in [&mut net.a, &mut net.b] {
-            let (_, a) = n.m.handle_register(T0, &c.register(&p)).expect("register");
+            let (_, a) =
+                n.m.handle_register(T0, &c.register(&p), SRC)
+                    .expect("register");
             n.apply(T0, a);
         }
         let w = c.write(&p, 0, id(i), u64::from(i), &payload(&p, i), i);
@@ -1148,32 +1183,32 @@ fn registration_policy_invites_and_rate_limit() {
     cfg.registration = Registration::Invite {
         tokens: vec!["tok-1".into()],
     };
-    cfg.registrations_per_minute = 1;
+    cfg.registrations_per_minute = 10;
     let mut m = Machine::new(cfg, rng(1));
     let c1 = TestClient::new(60);
     let c2 = TestClient::new(61);
     assert_eq!(
-        m.handle_register(T0, &c1.register(&p))
+        m.handle_register(T0, &c1.register(&p), SRC)
             .expect_err("no token")
             .code,
         ErrorCode::RegistrationRefused
     );
     assert_eq!(
-        m.handle_register(T0, &c1.register_with(&p, b"nope"))
+        m.handle_register(T0, &c1.register_with(&p, b"nope"), SRC)
             .expect_err("bad")
             .code,
         ErrorCode::RegistrationRefused
     );
     let (r, _) = m
-        .handle_register(T0, &c1.register_with(&p, b"tok-1"))
+        .handle_register(T0, &c1.register_with(&p, b"tok-1"), SRC)
         .expect("ok");
     assert!(!r.already_registered);
     let (r, _) = m
-        .handle_register(T0, &c1.register_with(&p, b"tok-1"))
+        .handle_register(T0, &c1.register_with(&p, b"tok-1"), SRC)
         .expect("again");
     assert!(r.already_registered);
     assert_eq!(
-        m.handle_register(T0, &c2.register_with(&p, b"tok-1"))
+        m.handle_register(T0, &c2.register_with(&p, b"tok-1"), SRC)
             .expect_err("used")
             .code,
         ErrorCode::RegistrationRefused
@@ -1181,7 +1216,7 @@ fn registration_policy_invites_and_rate_limit() {
     let mut bad = c2.register(&p);
     bad.signature[1] ^= 1;
     assert_eq!(
-        m.handle_register(T0, &bad).expect_err("sig").code,
+        m.handle_register(T0, &bad, SRC).expect_err("sig").code,
         ErrorCode::BadSignature
     );
     // Rate limit on an open server.
@@ -1189,17 +1224,37 @@ fn registration_policy_invites_and_rate_limit() {
     cfg.registrations_per_minute = 2;
     let mut m = Machine::new(cfg, rng(1));
     for i in 0..2 {
-        m.handle_register(T0, &TestClient::new(70 + i).register(&p))
+        m.handle_register(T0, &TestClient::new(70 + i).register(&p), SRC)
             .expect("ok");
     }
     assert_eq!(
-        m.handle_register(T0, &TestClient::new(80).register(&p))
+        m.handle_register(T0, &TestClient::new(80).register(&p), SRC)
             .expect_err("rl")
             .code,
         ErrorCode::RateLimited
     );
-    m.handle_register(T0 + 60_000, &TestClient::new(80).register(&p))
+    // The limit is per source: another address still registers.
+    let other = std::net::IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 7));
+    m.handle_register(T0, &TestClient::new(81).register(&p), other)
+        .expect("another source");
+    m.handle_register(T0 + 60_000, &TestClient::new(80).register(&p), SRC)
         .expect("next minute");
+    // A rate-limited registration burns no invite token.
+    let mut cfg = machine_cfg(Role::A, p, &ka, &kb);
+    cfg.registrations_per_minute = 1;
+    cfg.registration = Registration::Invite {
+        tokens: vec!["tok-a".into(), "tok-b".into()],
+    };
+    let mut m = Machine::new(cfg, rng(1));
+    m.handle_register(T0, &TestClient::new(90).register_with(&p, b"tok-a"), SRC)
+        .expect("first");
+    let late = TestClient::new(91).register_with(&p, b"tok-b");
+    assert_eq!(
+        m.handle_register(T0, &late, SRC).expect_err("limited").code,
+        ErrorCode::RateLimited
+    );
+    m.handle_register(T0 + 60_000, &late, SRC)
+        .expect("the token is still valid");
 }
 
 /// Round nonces feed the audit challenge: when the OS random source fails the server stops
