@@ -142,18 +142,15 @@ impl Config {
 
     /// Writes the config as TOML (paths as stored), atomically: a temporary file in the same
     /// directory, fsynced, then renamed over the old one, so a crash never leaves half a file.
+    /// Readable by the owner only (mode 0600): it can hold invite tokens.
     pub fn save(&self, path: &Path) -> Result<(), ConfigError> {
-        use std::io::Write;
         let text = toml::to_string_pretty(self).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         let io = |source| ConfigError::Io {
             path: path.display().to_string(),
             source,
         };
         let tmp = path.with_extension("toml.tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        f.write_all(text.as_bytes()).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        drop(f);
+        transport::write_secret(&tmp, text.as_bytes()).map_err(io)?;
         std::fs::rename(&tmp, path).map_err(io)
     }
 

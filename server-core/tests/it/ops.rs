@@ -37,7 +37,8 @@ fn init_set_peer_and_check_config() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        for f in ["signing.key", "tls.key"] {
+        // config.toml too: it can hold invite tokens.
+        for f in ["signing.key", "tls.key", "config.toml"] {
             let mode = std::fs::metadata(dir.path().join("a").join(f))
                 .expect("meta")
                 .permissions()
